@@ -1,0 +1,5 @@
+"""Allows ``python -m drivecap``."""
+
+from drivecap.cli import main
+
+raise SystemExit(main())
