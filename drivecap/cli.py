@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"drivecap {__version__}")
     parser.add_argument("--config", metavar="FILE", help="config YAML (default: ./config.yaml if present)")
     parser.add_argument(
-        "--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
         help="override one config key, e.g. --set gate.open_threshold=0.1 (repeatable)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")

@@ -26,8 +26,8 @@ def knob(
     doc: str,
     *,
     choices: tuple[Any, ...] | None = None,
-    min: float | None = None,  # noqa: A002 - reads naturally at the call sites
-    max: float | None = None,  # noqa: A002
+    min: float | None = None,
+    max: float | None = None,
 ) -> Any:
     """A config field with its documentation and allowed values."""
     meta = {"doc": doc, "choices": choices, "min": min, "max": max}
@@ -38,8 +38,12 @@ def knob(
 
 @dataclass
 class PathsConfig:
-    engines_dir: str = knob("engines", "Built encoder ONNX / INT8 / TensorRT files (relative to the config file)")
-    calibration_dir: str = knob("calibration", "INT8 calibration manifests and caches (relative to the config file)")
+    engines_dir: str = knob(
+        "engines", "Built encoder ONNX / INT8 / TensorRT files (relative to the config file)"
+    )
+    calibration_dir: str = knob(
+        "calibration", "INT8 calibration manifests and caches (relative to the config file)"
+    )
     home: str = knob("", "Asset cache; empty = $DRIVECAP_HOME, else ~/.cache/drivecap")
 
 
@@ -67,8 +71,12 @@ class TensorRTConfig:
     device: int = knob(0, "CUDA device index", min=0, max=64)
     workspace_mb: int = knob(1024, "Builder workspace memory pool limit (MiB)", min=64, max=65536)
     timing_cache: bool = knob(True, "Keep a timing cache in paths.engines_dir to speed up rebuilds")
-    max_height: int = knob(0, "Largest input height the engine accepts; 0 = encoder.input_height", min=0, max=4096)
-    max_width: int = knob(0, "Largest input width the engine accepts; 0 = encoder.input_width", min=0, max=4096)
+    max_height: int = knob(
+        0, "Largest input height the engine accepts; 0 = encoder.input_height", min=0, max=4096
+    )
+    max_width: int = knob(
+        0, "Largest input width the engine accepts; 0 = encoder.input_width", min=0, max=4096
+    )
 
 
 @dataclass
@@ -77,7 +85,7 @@ class CalibrationConfig:
     seed: int = knob(0, "Seed for the frame sampler", min=0)
     method: str = knob("minmax", "Activation range estimator", choices=("minmax", "entropy", "percentile"))
     clips: list[str] = knob(
-        ["project_video02", "project_video03", "challenge02", "challenge03"],
+        ["project_video02", "project_video03", "challenge02", "challenge03", "street"],
         "Training clips to sample from (never a held-out clip)",
     )
 
@@ -90,13 +98,21 @@ class GateConfig:
         0.012, "Pre-gate: mean abs thumbnail diff (0-1) below which the encoder is skipped", min=0.0, max=1.0
     )
     open_threshold: float = knob(
-        0.08, "Semantic gate opens when cosine distance to the last captioned feature exceeds this", min=0.0, max=2.0
+        0.08,
+        "Semantic gate opens when cosine distance to the last captioned feature exceeds this",
+        min=0.0,
+        max=2.0,
     )
     close_threshold: float = knob(
-        0.05, "Hysteresis: after opening, the gate re-arms only once distance falls below this", min=0.0, max=2.0
+        0.05,
+        "Hysteresis: after opening, the gate re-arms only once distance falls below this",
+        min=0.0,
+        max=2.0,
     )
     min_interval_s: float = knob(1.0, "Never caption more often than this (seconds)", min=0.0, max=600.0)
-    max_age_s: float = knob(8.0, "Re-caption after this long even if the scene did not change (seconds)", min=0.0)
+    max_age_s: float = knob(
+        8.0, "Re-caption after this long even if the scene did not change (seconds)", min=0.0
+    )
 
 
 @dataclass
@@ -108,17 +124,27 @@ class DecoderConfig:
 
 @dataclass
 class CaptureConfig:
-    reconnect_initial_s: float = knob(0.5, "First wait before reopening a dropped live source", min=0.0, max=60.0)
+    reconnect_initial_s: float = knob(
+        0.5, "First wait before reopening a dropped live source", min=0.0, max=60.0
+    )
     reconnect_max_s: float = knob(8.0, "Longest wait between reopen attempts (exponential backoff)", min=0.0)
-    read_timeout_s: float = knob(5.0, "A live source silent this long is treated as dropped", min=0.1, max=600.0)
+    read_timeout_s: float = knob(
+        5.0, "A live source silent this long is treated as dropped", min=0.1, max=600.0
+    )
     loop: bool = knob(False, "Start a file again at its end")
+    folder_fps: float = knob(10.0, "Frame rate given to an image-folder source", min=0.1, max=1000.0)
 
 
 @dataclass
 class ReplayConfig:
-    mode: str = knob("offline", "offline = every Nth frame, deterministic; realtime = paced like a live camera",
-                     choices=("offline", "realtime"))
-    stride: int = knob(1, "offline: encode every Nth frame (the video still gets every frame)", min=1, max=1000)
+    mode: str = knob(
+        "offline",
+        "offline = every Nth frame, deterministic; realtime = paced like a live camera",
+        choices=("offline", "realtime"),
+    )
+    stride: int = knob(
+        1, "offline: encode every Nth frame (the video still gets every frame)", min=1, max=1000
+    )
 
 
 @dataclass
@@ -131,8 +157,11 @@ class OverlayConfig:
 
 @dataclass
 class SpeechConfig:
-    backend: str = knob("none", "pyttsx3 (espeak-ng), espeak (command line), wav (files), none",
-                        choices=("pyttsx3", "espeak", "wav", "none"))
+    backend: str = knob(
+        "none",
+        "pyttsx3 (espeak-ng), espeak (command line), wav (files), none",
+        choices=("pyttsx3", "espeak", "wav", "none"),
+    )
     rate_wpm: int = knob(175, "Speaking rate (words per minute)", min=60, max=500)
     repeat_window_s: float = knob(10.0, "Do not speak the same caption again within this time", min=0.0)
     min_gap_s: float = knob(1.5, "Least time between the start of two utterances", min=0.0, max=60.0)
@@ -188,10 +217,14 @@ class Config:
                 f"capture.reconnect_max_s={self.capture.reconnect_max_s} is below capture.reconnect_initial_s="
                 f"{self.capture.reconnect_initial_s}; make it >= the initial wait"
             )
-        for key, val in (("encoder.input_height", self.encoder.input_height),
-                         ("encoder.input_width", self.encoder.input_width)):
+        for key, val in (
+            ("encoder.input_height", self.encoder.input_height),
+            ("encoder.input_width", self.encoder.input_width),
+        ):
             if val % 32:
-                raise ConfigError(f"{key}={val} is not a multiple of 32 (VGG16 pools 5 times); try {val // 32 * 32 or 32}")
+                raise ConfigError(
+                    f"{key}={val} is not a multiple of 32 (VGG16 pools 5 times); try {val // 32 * 32 or 32}"
+                )
         if self.encoder.precision == "fp16" and self.encoder.backend == "onnxruntime":
             raise ConfigError(
                 "encoder.precision=fp16 needs encoder.backend=tensorrt; with onnxruntime use fp32 or int8"
@@ -251,9 +284,12 @@ def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
     if choices and out not in choices:
         raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(map(str, choices))}")
     lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and out < lo or hi is not None and out > hi:
-        rng = f"between {lo} and {hi}" if lo is not None and hi is not None else (
-            f"at least {lo}" if lo is not None else f"at most {hi}")
+    if (lo is not None and out < lo) or (hi is not None and out > hi):
+        rng = (
+            f"between {lo} and {hi}"
+            if lo is not None and hi is not None
+            else (f"at least {lo}" if lo is not None else f"at most {hi}")
+        )
         raise ConfigError(f"{key}={value!r} is out of range: must be {rng}")
     return out
 
@@ -333,7 +369,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, f in _section_fields(type(cfg)).items():
         val = getattr(cfg, name)
-        out[name] = to_dict(val) if dataclasses.is_dataclass(val) else (list(val) if isinstance(val, list) else val)
+        out[name] = (
+            to_dict(val) if dataclasses.is_dataclass(val) else (list(val) if isinstance(val, list) else val)
+        )
         del f
     return out
 
@@ -366,4 +404,3 @@ def render_yaml(cfg: Config | None = None) -> str:
             lines.append(f"  {name}: {dumped}  # {doc}{allowed}")
         del sfield
     return "\n".join(lines) + "\n"
-

@@ -81,8 +81,12 @@ def make_encoder(cfg: Config, backend: str | None = None, precision: str | None 
             from drivecap.calibrate import check_int8_fresh
 
             check_int8_fresh(cfg, path)
-        enc: Encoder = OrtEncoder(path, threads=cfg.encoder.threads, precision=precision,
-                                  input_hw=(cfg.encoder.input_height, cfg.encoder.input_width))
+        enc: Encoder = OrtEncoder(
+            path,
+            threads=cfg.encoder.threads,
+            precision=precision,
+            input_hw=(cfg.encoder.input_height, cfg.encoder.input_width),
+        )
     elif backend == "tensorrt":
         from drivecap.encoders.tensorrt_backend import TensorRTEncoder
 

@@ -39,7 +39,9 @@ class Preprocess:
         if (h, w) != (self.height, self.width):
             # INTER_AREA averages when shrinking (no aliasing on 720p -> 224); linear when enlarging.
             interp = cv2.INTER_AREA if h > self.height and w > self.width else cv2.INTER_LINEAR
-            frame_bgr = cv2.resize(frame_bgr, (self.width, self.height), interpolation=interp)
+            frame_bgr = np.asarray(
+                cv2.resize(frame_bgr, (self.width, self.height), interpolation=interp), dtype=np.uint8
+            )
         img = frame_bgr.astype(np.float32)
         if self.mode == "caffe":
             img -= CAFFE_MEAN_BGR
@@ -114,7 +116,7 @@ def pool_grid(fmap: FloatArray, rows: int = 1, cols: int = 3) -> FloatArray:
 
     Cells split h and w as evenly as possible; a 7-wide map with 3 columns gives widths 2, 3, 2.
     """
-    c, h, w = fmap.shape
+    _, h, w = fmap.shape
     rb = np.linspace(0, h, rows + 1).round().astype(int)
     cb = np.linspace(0, w, cols + 1).round().astype(int)
     cells = [
