@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from drivecap.encoders.base import Preprocess
 from drivecap.encoders.export import INPUT_NAME, preprocess_from_metadata
 from drivecap.encoders.ort_backend import open_onnx_metadata
 from drivecap.errors import AssetError, ModelError
+from drivecap.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,8 @@ def write_manifest(cfg: Config, store: AssetStore, frames: list[CalibFrame]) -> 
     path = cfg.calibration_dir / MANIFEST_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text() != text:
-        _write_text_atomic(path, text)
+        atomic_write_bytes(path, text.encode())
     return path, digest
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def manifest_sha(cfg: Config) -> str | None:

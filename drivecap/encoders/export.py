@@ -7,8 +7,6 @@ preprocessing it expects is written into the model's metadata (``drivecap.prepro
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from drivecap.encoders.base import Preprocess
 from drivecap.encoders.weights import BLOCKS, VGGWeights
 from drivecap.errors import ModelError
+from drivecap.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +116,7 @@ def build_model(weights: VGGWeights, features: str = "conv5", source_sha256: str
 
 def save_atomic(model: onnx.ModelProto, path: Path) -> None:
     """Write next to the target, fsync, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; built models are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, model.SerializeToString())
 
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
