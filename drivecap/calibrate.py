@@ -159,9 +159,40 @@ class _Reader:
         return None if x is None else {INPUT_NAME: x}
 
 
+def _quantize(fp32: Path, out: Path, tensors: list[np.ndarray], method_name: str) -> None:
+    """ONNX Runtime static quantization in the QDQ form that both ONNX Runtime and TensorRT run."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method_name]
+    root = logging.getLogger()
+    level = root.level
+    # onnxruntime.quantization warns on the root logger to "consider pre-processing" (shape inference and
+    # fusions); this graph has static shapes and nothing to fuse, so keep the console quiet while it runs.
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(fp32),
+            str(out),
+            _Reader(tensors),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=method,
+            # Biases stay float: TensorRT's ONNX parser rejects an int32 DequantizeLinear on a bias ("only
+            # activation types allowed"), and ONNX Runtime >= 1.21 folds float biases into its int8 kernels.
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        )
+    finally:
+        root.setLevel(level)
+
+
 def calibrate(cfg: Config, force: bool = False, progress: bool = True) -> tuple[Path, bool]:
     """Makes (or confirms) the INT8 QDQ model; returns (path, rebuilt)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from tqdm import tqdm
 
     fp32 = encoder_onnx_path(cfg)
@@ -189,11 +220,6 @@ def calibrate(cfg: Config, force: bool = False, progress: bool = True) -> tuple[
             leave=False,
         )
     ]
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[cfg.calibration.method]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".calib-", dir=out.parent) as tmp:
         tmp_out = Path(tmp) / out.name
@@ -202,19 +228,7 @@ def calibrate(cfg: Config, force: bool = False, progress: bool = True) -> tuple[
             len(tensors),
             cfg.calibration.method,
         )
-        quantize_static(
-            str(fp32),
-            str(tmp_out),
-            _Reader(tensors),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            calibrate_method=method,
-            # Biases stay float: TensorRT's ONNX parser rejects an int32 DequantizeLinear on a bias ("only
-            # activation types allowed"), and ONNX Runtime >= 1.21 folds float biases into its int8 kernels itself.
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-        )
+        _quantize(fp32, tmp_out, tensors, cfg.calibration.method)
         import onnx
 
         model = onnx.load(str(tmp_out))
