@@ -95,17 +95,17 @@ class GateConfig:
     enabled: bool = knob(True, "false = caption every encoded frame (for comparison)")
     thumb_size: int = knob(32, "Side of the grey thumbnail the pixel pre-gate compares", min=8, max=256)
     pixel_threshold: float = knob(
-        0.012, "Pre-gate: mean abs thumbnail diff (0-1) below which the encoder is skipped", min=0.0, max=1.0
+        0.0025, "Pre-gate: mean abs thumbnail diff (0-1) below which the encoder is skipped", min=0.0, max=1.0
     )
     open_threshold: float = knob(
-        0.08,
+        0.12,
         "Semantic gate opens when cosine distance to the last captioned feature exceeds this",
         min=0.0,
         max=2.0,
     )
     close_threshold: float = knob(
-        0.05,
-        "Hysteresis: after opening, the gate re-arms only once distance falls below this",
+        0.06,
+        "Hysteresis: a pending change (waiting for min_interval_s) is dropped if distance falls below this",
         min=0.0,
         max=2.0,
     )

@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     store = AssetStore(drivecap_home(cfg.paths.home))
     enc = make_encoder(cfg)
     rng = np.random.default_rng(0)
-    report: dict[str, object] = {"clips": {}, "encoder": enc.describe(), "every": a.every}
+    clips_report: dict[str, Any] = {}
+    report: dict[str, Any] = {"clips": clips_report, "encoder": enc.describe(), "every": a.every}
     all_pix: list[float] = []
     all_noise: list[float] = []
     lag_d: dict[float, list[float]] = {lag: [] for lag in LAGS_S}
@@ -62,17 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             if stop_at is not None and i >= stop_at:
                 break
-            ok, img = cap.read()
+            ok, raw = cap.read()
             if not ok:
                 break
+            img = np.asarray(raw, dtype=np.uint8)
             th = grey_thumbnail(img, cfg.gate.thumb_size)
             if prev is not None:
                 pix.append(thumb_diff(th, prev))
             prev = th
             if i % 25 == 0:  # noise floor: the same picture through JPEG q70 + sigma-2 sensor noise
-                noisy = np.clip(img.astype(np.float32) + rng.normal(0, 2.0, img.shape), 0, 255).astype(np.uint8)
-                ok2, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 70])
-                again = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+                noisy = np.clip(img.astype(np.float32) + rng.normal(0, 2.0, img.shape), 0, 255).astype(
+                    np.uint8
+                )
+                _ok2, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 70])
+                again = np.asarray(cv2.imdecode(buf, cv2.IMREAD_COLOR), dtype=np.uint8)
                 all_noise.append(thumb_diff(grey_thumbnail(again, cfg.gate.thumb_size), th))
             if i % a.every == 0 and len(feats) < a.max_encoded:
                 feats.append(global_pool(enc.encode(img).features))
@@ -86,17 +91,29 @@ def main(argv: list[str] | None = None) -> int:
         for lag in LAGS_S:
             step = max(1, round(lag * fps / a.every))
             lag_d[lag].extend(cosine_distance(feats[k], feats[k + step]) for k in range(len(feats) - step))
-        report["clips"][name] = {"frames": i, "encoded": len(feats),  # type: ignore[index]
-                                 "pixel_lag1_p1": float(np.percentile(pix, 1)),
-                                 "pixel_lag1_p50": float(np.percentile(pix, 50))}
+        clips_report[name] = {
+            "frames": i,
+            "encoded": len(feats),
+            "pixel_lag1_p1": float(np.percentile(pix, 1)),
+            "pixel_lag1_p50": float(np.percentile(pix, 50)),
+        }
         print(f"{name}: {i} frames, {len(feats)} encoded", file=sys.stderr, flush=True)
     pct = (1, 5, 10, 25, 50, 75, 90, 95, 99)
     report["pixel_lag1"] = {f"p{q}": float(np.percentile(all_pix, q)) for q in pct}
     report["pixel_noise_floor"] = {f"p{q}": float(np.percentile(all_noise, q)) for q in pct}
-    report["semantic_lag"] = {str(lag): {f"p{q}": float(np.percentile(v, q)) for q in pct} | {"n": len(v)}
-                              for lag, v in lag_d.items()}
+    report["semantic_lag"] = {
+        str(lag): {f"p{q}": float(np.percentile(v, q)) for q in pct} | {"n": len(v)}
+        for lag, v in lag_d.items()
+    }
     sims = {}
-    for open_t, close_t in ((0.04, 0.02), (0.06, 0.03), (0.08, 0.05), (0.10, 0.05), (0.12, 0.06), (0.15, 0.08)):
+    for open_t, close_t in (
+        (0.04, 0.02),
+        (0.06, 0.03),
+        (0.08, 0.05),
+        (0.10, 0.05),
+        (0.12, 0.06),
+        (0.15, 0.08),
+    ):
         cfg.gate.open_threshold, cfg.gate.close_threshold = open_t, close_t
         reasons: dict[str, int] = {}
         minutes = 0.0
@@ -107,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                 if d.open:
                     reasons[d.reason] = reasons.get(d.reason, 0) + 1
             minutes += (ts[-1] + a.every / 25.0) / 60.0
-        sims[f"open={open_t},close={close_t}"] = {"captions_per_min": sum(reasons.values()) / minutes,
-                                                  "reasons": reasons}
+        sims[f"open={open_t},close={close_t}"] = {
+            "captions_per_min": sum(reasons.values()) / minutes,
+            "reasons": reasons,
+        }
     report["gate_simulation"] = sims
     a.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

@@ -1,0 +1,75 @@
+"""``drivecap run --source SRC``: live captioning of a camera, stream or pipeline (window where possible)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from drivecap.config import Config, ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="caption a live source: camera index, rtsp/http URL, GStreamer pipeline (or a file, paced)",
+        description="Live captioning. Shows a window where a display exists; prints captions otherwise. "
+        "With --out DIR also records <name>.mp4/.srt/.vtt/.jsonl. Ctrl-C stops cleanly.",
+    )
+    p.add_argument(
+        "--source",
+        required=True,
+        metavar="SRC",
+        help="0 (camera index), rtsp://..., http://.../video.mjpg, 'nvarguscamerasrc ! ... ! appsink', "
+        "a video file or an image folder (played at its own rate)",
+    )
+    p.add_argument("--out", type=Path, metavar="DIR", help="also record video, subtitles and events here")
+    p.add_argument("--speech", choices=("pyttsx3", "espeak", "wav", "none"), help="default: speech.backend")
+    p.add_argument("--no-window", action="store_true", help="never open a window")
+    p.add_argument("--max-seconds", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N output frames")
+    p.add_argument("--loop", action="store_true", help="files: start again at the end")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from drivecap.capture import open_source, parse_source
+    from drivecap.commands.replay import print_summary, resolve_input
+    from drivecap.pipeline import CaptionEvent, Outputs, Pipeline, load_models, safe_name, sigint_stops
+
+    if args.speech:
+        cfg.speech.backend = args.speech
+    if cfg.speech.backend == "wav" and args.out is None:
+        raise ConfigError(
+            "speech.backend=wav writes one WAV file per utterance: give --out DIR (or --speech none)"
+        )
+    if args.loop:
+        cfg.capture.loop = True
+    spec = parse_source(resolve_input(args.source, cfg))
+    name = safe_name(spec.name, "live")
+    source = open_source(spec, cfg.capture)
+    enc, captioner = load_models(cfg)
+
+    def say(c: CaptionEvent) -> None:
+        print(f"[{c.t:8.2f} s] {'URGENT ' if c.urgent else ''}{c.text}", flush=True)
+
+    mode = "live" if spec.live else "realtime"
+    with enc:
+        pipe = Pipeline(
+            cfg,
+            enc,
+            captioner,
+            Outputs(args.out, name, window=not args.no_window),
+            mode=mode,
+            max_frames=args.max_frames,
+            max_seconds=args.max_seconds,
+            on_caption=say,
+        )
+        with sigint_stops(pipe):
+            summary = pipe.run(source)
+    if args.out is not None:
+        (args.out / f"{name}.summary.json").write_text(
+            json.dumps(summary.as_dict(), indent=1, default=str) + "\n"
+        )
+    print_summary(summary, args.out)
+    return 130 if summary.interrupted else 0

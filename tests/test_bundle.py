@@ -1,0 +1,218 @@
+"""Model bundles: a valid one loads and captions; each kind of broken bundle is a one-line ModelError."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivecap.config import load_config
+from drivecap.decoder import Caption, Captioner
+from drivecap.decoder.bundle import (
+    BUNDLE_JSON,
+    CARD,
+    VOCAB,
+    WEIGHTS,
+    _sha256,
+    default_bundle_dir,
+    load_bundle,
+    write_random_bundle,
+)
+from drivecap.errors import ModelError
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    return write_random_bundle(tmp_path / "bundle", encoder_sha256=SHA_A, seed=1)
+
+
+def _rehash(folder: Path) -> None:
+    """Makes bundle.json's file hashes agree with the files again (to reach the checks after the hash)."""
+    meta = json.loads((folder / BUNDLE_JSON).read_text())
+    for name in meta["files"]:
+        meta["files"][name] = _sha256(folder / name)
+    (folder / BUNDLE_JSON).write_text(json.dumps(meta))
+
+
+def _one_line_error(folder: Path, encoder_sha256: str = "") -> str:
+    with pytest.raises(ModelError) as info:
+        load_bundle(folder, encoder_sha256)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_random_bundle_loads_and_captions(bundle: Path) -> None:
+    cfg = load_config(None, [f"decoder.bundle={bundle}", "decoder.beam_width=3", "decoder.max_tokens=6"])
+    cap = Captioner.load(cfg, encoder_sha256=SHA_A)
+    assert cap.beam_width == 3 and cap.max_tokens == 6
+    fmap = np.random.default_rng(0).random((512, 7, 7), dtype=np.float32)
+    c = cap.caption(fmap)
+    assert isinstance(c, Caption)
+    assert 0 < len(c.tokens) <= 6
+    assert c.text == " ".join(c.tokens)
+    assert all(t in cap.bundle.vocab.index for t in c.tokens)
+
+
+def test_random_bundles_differ_by_seed(tmp_path: Path) -> None:
+    a = load_bundle(write_random_bundle(tmp_path / "a", seed=0))
+    b = load_bundle(write_random_bundle(tmp_path / "b", seed=1))
+    assert not np.array_equal(a.params["W_out"], b.params["W_out"])
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    assert "does not exist" in _one_line_error(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", [WEIGHTS, VOCAB, CARD, BUNDLE_JSON])
+def test_missing_file(bundle: Path, name: str) -> None:
+    (bundle / name).unlink()
+    assert name in _one_line_error(bundle)
+
+
+def test_truncated_weights(bundle: Path) -> None:
+    data = (bundle / WEIGHTS).read_bytes()
+    (bundle / WEIGHTS).write_bytes(data[: len(data) // 2])
+    _rehash(bundle)
+    msg = _one_line_error(bundle)
+    assert "truncated or corrupt" in msg and WEIGHTS in msg
+
+
+def test_swapped_file_fails_the_hash(bundle: Path, tmp_path: Path) -> None:
+    other = write_random_bundle(tmp_path / "other", seed=2)
+    shutil.copy(other / WEIGHTS, bundle / WEIGHTS)
+    msg = _one_line_error(bundle)
+    assert "sha256" in msg and WEIGHTS in msg
+
+
+def test_vocabulary_weights_size_mismatch(bundle: Path) -> None:
+    meta = json.loads((bundle / VOCAB).read_text())
+    meta["words"].append("zebra")
+    (bundle / VOCAB).write_text(json.dumps(meta))
+    _rehash(bundle)
+    msg = _one_line_error(bundle)
+    assert "vocabulary size" in msg and "!=" in msg
+
+
+def test_encoder_mismatch_names_both(bundle: Path) -> None:
+    msg = _one_line_error(bundle, SHA_B)
+    assert SHA_A[:12] in msg and SHA_B[:12] in msg and "drivecap encoder export" in msg
+
+
+def test_empty_encoder_sha_accepts_any(tmp_path: Path) -> None:
+    folder = write_random_bundle(tmp_path / "any", encoder_sha256="")
+    assert load_bundle(folder, SHA_B).encoder.onnx_sha256 == ""
+
+
+def test_not_json(bundle: Path) -> None:
+    (bundle / BUNDLE_JSON).write_text("{not json")
+    assert "not valid JSON" in _one_line_error(bundle)
+
+
+def test_default_bundle_is_valid() -> None:
+    folder = default_bundle_dir()
+    if not (folder / BUNDLE_JSON).is_file():
+        pytest.fail(f"the default bundle is not in {folder}")
+    b = load_bundle(folder)
+    assert b.encoder.onnx_sha256, "the shipped bundle must name its encoder"
+    assert len(b.vocab) == b.arch.vocab_size
+
+
+# ------------------------------------------------------------------------------------ drivecap caption (real encoder)
+
+
+def _encoder_ready() -> bool:
+    from drivecap.config import Config
+    from drivecap.encoders import encoder_onnx_path
+
+    return encoder_onnx_path(Config()).is_file()
+
+
+@pytest.mark.slow
+def test_caption_command_on_real_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from drivecap.assets import AssetStore
+    from drivecap.cli import main
+
+    if not _encoder_ready():
+        pytest.fail("the encoder ONNX is missing: run `drivecap encoder export` first")
+    bundle = write_random_bundle(tmp_path / "b")
+    images = AssetStore().test_images()[:2]
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    sets = [
+        "--set",
+        f"decoder.bundle={bundle}",
+        "--set",
+        "encoder.precision=fp32",
+        "--set",
+        "encoder.threads=1",
+    ]
+    code = main([*sets, "caption", str(images[0]), str(bad), str(images[1])])
+    out, err = capsys.readouterr()
+    assert code == 2  # one file was not an image
+    lines = out.strip().splitlines()
+    assert [ln.split(":", 1)[0] for ln in lines] == [str(images[0]), str(images[1])]
+    assert f"{bad} is not an image" in err and err.count("\n") == 1
+
+    (tmp_path / "empty").mkdir()
+    assert main([*sets, "caption", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "has no images" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_caption_command_refuses_a_bundle_of_another_encoder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from drivecap.assets import AssetStore
+    from drivecap.cli import main
+
+    if not _encoder_ready():
+        pytest.fail("the encoder ONNX is missing: run `drivecap encoder export` first")
+    bundle = write_random_bundle(tmp_path / "b", encoder_sha256=SHA_B)
+    code = main(
+        [
+            "--set",
+            f"decoder.bundle={bundle}",
+            "--set",
+            "encoder.precision=fp32",
+            "caption",
+            str(AssetStore().test_images()[0]),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert SHA_B[:12] in err and "drivecap encoder export" in err
+
+
+@pytest.mark.slow
+def test_default_bundle_captions_real_frames_and_their_mirrors() -> None:
+    """The shipped decoder on the real encoder: grammatical captions, mirrored frames get mirrored captions."""
+    import cv2
+
+    from drivecap.assets import AssetStore
+    from drivecap.captions.grammar import VOCABULARY, mirror_caption, parse, render
+    from drivecap.encoders import make_encoder
+
+    if not _encoder_ready():
+        pytest.fail("the encoder ONNX is missing: run `drivecap encoder export` first")
+    cfg = load_config(None, ["encoder.threads=1"])
+    with make_encoder(cfg, backend="onnxruntime", precision="fp32") as enc:
+        cap = Captioner.load(cfg, encoder_sha256=enc.onnx_sha256)
+        grammatical = consistent = 0
+        images = AssetStore().test_images()
+        for path in images:
+            img = cv2.imread(str(path))
+            c = cap.caption(enc.encode(img).features)
+            m = cap.caption(enc.encode(cv2.flip(img, 1)).features)
+            assert c.tokens and set(c.tokens) <= set(VOCABULARY)
+            grammatical += render(parse(c.text)) == c.text
+            consistent += mirror_caption(c.text) == m.text
+    assert grammatical == len(images)
+    assert consistent >= len(images) - 2
