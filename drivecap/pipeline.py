@@ -535,7 +535,7 @@ class Pipeline:
             summary.pregate_skipped = inf.pregate_skipped
             summary.encode_errors = inf.encode_errors
             summary.captions = inf.n_captions
-            summary.utterances = len(speech.utterances) if not speech.silent else 0
+            summary.utterances = speech.rendered  # what was really said, also when TTS broke mid-run
             summary.source_s = (t_last + 1.0 / fps) if summary.frames_out else 0.0
             self._end_event(summary)
 
@@ -722,7 +722,7 @@ class Pipeline:
             summary.pregate_skipped = inf.pregate_skipped
             summary.encode_errors = inf.encode_errors
             summary.captions = len(self.captions)
-            summary.utterances = len(speech.utterances) if not speech.silent else 0
+            summary.utterances = speech.rendered  # what was really said, also when TTS broke mid-run
             summary.source_s = (t_last - (t_first or 0.0) + 1.0 / fps) if summary.frames_out else 0.0
             summary.frames_in = cap_thread.frames_read
             # A frame still waiting in a slot at the stop was never output / never encoded.
