@@ -1,0 +1,112 @@
+"""MODEL_CARD.md for a trained bundle: data, command, time taken, validation and held-out metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+HELDOUT_BEGIN = "<!-- heldout-metrics:begin -->"
+HELDOUT_END = "<!-- heldout-metrics:end -->"
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def model_card(report: dict[str, Any], chosen: str) -> str:
+    ext = report["extraction"]
+    runs = report.get("runs", {})
+    lines = [
+        "# drivecap caption decoder",
+        "",
+        "An LSTM decoder that turns the VGG16 conv5 map of a dashcam frame into a short driver caption. It was",
+        "trained on captions written by a teacher (SSD-MobileNetV2 COCO detections turned into scene facts and",
+        "then into words by the caption grammar), never on human captions: it can only be as right as the teacher.",
+        "",
+        "## Encoder",
+        "",
+        f"- fp32 VGG16 conv5 ONNX sha256 `{ext['encoder_sha256']}` (`drivecap encoder export`), "
+        f"{ext['preprocess']} preprocessing, {ext['input'][0]}x{ext['input'][1]} input.",
+        "- Runs on the INT8 QDQ model made from that ONNX too (features at cosine ~0.998 to fp32).",
+        "",
+        "## Data",
+        "",
+        f"- Training clips: {', '.join(report.get('train_clips', []))} (every {report.get('stride', 4)}th "
+        "frame or more; the street film: frames 0-1439 only); validation (early stopping, model choice) on the whole clip "
+        f"`{report.get('val_clip', '?')}`. Labels: `drivecap label` (SSD teacher, smoothed over 9 frames).",
+        "- Every labelled frame also enters mirrored (image flipped, caption left/right swapped).",
+        f"- Label files read (sha256, first 12): {', '.join(f'{k} {v}' for k, v in report.get('labels', {}).items())}.",
+        "- Held out, never trained or tuned on: project_video01, challenge01, street film frames 1440 on.",
+        "",
+        "## Training",
+        "",
+        f"- Command: `{report['command']}`",
+        f"- Feature extraction: {ext['encoded_frames']} frames (+ mirrors) in {ext['seconds']:.0f} s "
+        f"({ext['ms_per_frame_and_mirror']} ms per frame and mirror, {ext['encoder']}); cached in "
+        "`$DRIVECAP_HOME/features/<sha12>/`.",
+        f"- Training from cached features: {report.get('train_seconds', 0):.0f} s for all runs below (torch CPU).",
+        "",
+        "Validation on the whole held-back training clip, runtime (numpy) greedy decoding, without and with the",
+        "flip ensemble (the decoder also reads the horizontally flipped map and averages the two streams' word",
+        "log-probabilities, left and right swapped):",
+        "",
+        "| run | fact F1 | flip consistency | exact | fact F1 (ens.) | flip (ens.) | exact (ens.) | epochs | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in runs.items():
+        p, e = r["val_numpy"]["plain"], r["val_numpy"]["flip_ensemble"]
+        lines.append(
+            f"| {name}{' (chosen)' if name == chosen else ''} | {_f(p['val_fact_f1'])} | "
+            f"{_f(p['val_flip'])} | {_f(p['val_exact'])} | {_f(e['val_fact_f1'])} | {_f(e['val_flip'])} | "
+            f"{_f(e['val_exact'])} | {r['best_epoch'] + 1}/{r['epochs_run']} | {r['seconds']:.0f} |"
+        )
+    for name, r in runs.items():
+        if not name.endswith("+aug") or name[: -len("+aug")] not in runs:
+            continue
+        mode = "flip_ensemble" if r["flip_ensemble"] else "plain"
+        base = runs[name[: -len("+aug")]]
+        bmode = "flip_ensemble" if base["flip_ensemble"] else "plain"
+        lines += [
+            "",
+            f"Copy-paste augmentation ({r['train_samples'] - base['train_samples']} extra samples with a "
+            f"vehicle pasted into the ego lane): validation 'vehicle ahead' F1 "
+            f"{_f(base['val_numpy'][bmode].get('val_vehicle_ahead_f1'))} without, "
+            f"{_f(r['val_numpy'][mode].get('val_vehicle_ahead_f1'))} with; overall score "
+            f"{_f(base['score'])} without, {_f(r['score'])} with.",
+        ]
+    if "beam_length_alpha" in report:
+        bl = report["beam_length_alpha"]
+        lines += [
+            "",
+            f"Beam search (width 3) length penalty alpha = {bl['chosen']} (score / length**alpha), chosen on the "
+            f"validation clip: {bl['val_scores']}.",
+        ]
+    s = runs.get(chosen, {}).get("settings", {})
+    lines += [
+        "",
+        f"Chosen: **{chosen}**{' with the flip ensemble' if runs.get(chosen, {}).get('flip_ensemble') else ''} "
+        "(highest validation score = mean of fact F1 and flip consistency).",
+        "",
+        f"Settings: `{json.dumps(s)}`",
+        "",
+        "## Held-out metrics",
+        "",
+        "Ten held-out frames with their captions: [docs/contact_sheet.png](../../../docs/contact_sheet.png) "
+        "(written by `drivecap eval --contact-sheet docs/contact_sheet.png`).",
+        "",
+        HELDOUT_BEGIN,
+        "(filled in by `drivecap eval --update-card`)",
+        HELDOUT_END,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def update_heldout_section(card_path: Path, body: str) -> None:
+    text = card_path.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(HELDOUT_BEGIN) + ".*?" + re.escape(HELDOUT_END), re.S)
+    block = f"{HELDOUT_BEGIN}\n{body.strip()}\n{HELDOUT_END}"
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n"
+    card_path.write_text(text, encoding="utf-8")
