@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,12 +64,13 @@ class LatencyRecorder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._samples: dict[str, list[float]] = {}
+        # array('d'): 8 bytes a sample instead of ~32 for a list of floats, so a long live run grows 4x slower.
+        self._samples: dict[str, array[float]] = {}
         self._counts: dict[str, int] = {}
 
     def record(self, stage: str, ms: float) -> None:
         with self._lock:
-            self._samples.setdefault(stage, []).append(float(ms))
+            self._samples.setdefault(stage, array("d")).append(float(ms))
 
     def since(self, stage: str, t_start: float) -> float:
         """Records ``now() - t_start`` (both monotonic seconds) as milliseconds; returns it."""

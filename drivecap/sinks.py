@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from drivecap.errors import DrivecapError
-from drivecap.security import subtitle_text
+from drivecap.security import subtitle_text, video_file_plays
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,9 @@ class VideoSink(Sink):
             self._writer.release()
             self._writer = None
             log.info("wrote %s (%d frames)", self.path, self.frames)
+            # OpenCV reports no write error: a full disk shows only as an mp4 without its index.
+            if not video_file_plays(self.path):
+                raise SinkError(f"video {self.path} could not be completed (disk full or file removed?)")
 
 
 # --------------------------------------------------------------------------------------------- subtitles

@@ -342,6 +342,7 @@ class SpeechWorker:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._warned = False
+        self.rendered = 0  # utterances the backend actually spoke or wrote (a TTS may break mid-run)
         self._ready = threading.Event()
 
     @property
@@ -467,6 +468,7 @@ class SpeechWorker:
         except Exception as exc:  # a TTS driver may raise anything mid-run; the drive goes on without it
             self._go_silent(exc)
             return None
+        self.rendered += 1
         t_start = started[0] if started else t_call
         self.metrics.record("speech_synth", (now() - t_call) * 1e3)
         if utt.request.t_capture > 0:

@@ -57,8 +57,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.capture import CaptureError, open_source, parse_source
     from drivecap.config import ConfigError
     from drivecap.pipeline import Outputs, Pipeline, load_models, safe_name, sigint_stops
+    from drivecap.security import write_output_text
 
     mode = args.mode or cfg.replay.mode
+    if args.max_frames is not None and args.max_frames < 1:  # would end at once with empty outputs
+        raise ConfigError(f"--max-frames {args.max_frames} is not allowed: use 1 or more")
     if args.stride is not None:
         if args.stride < 1:
             raise ConfigError(f"--stride {args.stride} is not allowed: use 1 or more")
@@ -104,6 +107,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 summary = pipe.run(source)
         finally:
             bar.close()
-    (out_dir / f"{name}.summary.json").write_text(json.dumps(summary.as_dict(), indent=1, default=str) + "\n")
+    write_output_text(
+        out_dir / f"{name}.summary.json", json.dumps(summary.as_dict(), indent=1, default=str) + "\n"
+    )
     print_summary(summary, out_dir)
     return 130 if summary.interrupted else 0

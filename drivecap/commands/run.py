@@ -36,6 +36,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.capture import open_source, parse_source
     from drivecap.commands.replay import print_summary, resolve_input
     from drivecap.pipeline import CaptionEvent, Outputs, Pipeline, load_models, safe_name, sigint_stops
+    from drivecap.security import write_output_text
 
     if args.speech:
         cfg.speech.backend = args.speech
@@ -43,6 +44,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError(
             "speech.backend=wav writes one WAV file per utterance: give --out DIR (or --speech none)"
         )
+    for opt, val in (("--max-frames", args.max_frames), ("--max-seconds", args.max_seconds)):
+        if val is not None and val <= 0:  # would end at once with empty outputs
+            raise ConfigError(f"{opt} {val} is not allowed: use a positive number")
     if args.loop:
         cfg.capture.loop = True
     spec = parse_source(resolve_input(args.source, cfg))
@@ -68,8 +72,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         with sigint_stops(pipe):
             summary = pipe.run(source)
     if args.out is not None:
-        (args.out / f"{name}.summary.json").write_text(
-            json.dumps(summary.as_dict(), indent=1, default=str) + "\n"
+        write_output_text(
+            args.out / f"{name}.summary.json", json.dumps(summary.as_dict(), indent=1, default=str) + "\n"
         )
     print_summary(summary, args.out)
     return 130 if summary.interrupted else 0
