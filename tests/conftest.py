@@ -70,3 +70,32 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
     for n in needles:
         assert n in err_lines[0], (n, err_lines[0])
     return err_lines[0]
+
+
+def write_short_clip(
+    store: AssetStore,
+    path: Path,
+    n_frames: int,
+    step: int,
+    fps: float,
+    size: tuple[int, int] = (480, 270),
+    clip: str = "project_video02",
+) -> Path:
+    """Every ``step``-th frame of a real training drive, resized, as an mp4v file of ``n_frames`` frames."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(store.clip(clip)))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+    i = n = 0
+    try:
+        while n < n_frames:
+            ok, img = cap.read()
+            assert ok, f"{clip} ended before {n_frames} frames at step {step}"
+            if i % step == 0:
+                w.write(cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+                n += 1
+            i += 1
+    finally:
+        w.release()
+        cap.release()
+    return path

@@ -35,6 +35,7 @@ from drivecap.capture import open_source
 from drivecap.config import Config, load_config
 from drivecap.encoders.base import Encoder, FloatArray, Preprocess
 from drivecap.metrics import now, percentile
+from tests.conftest import write_short_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import REPO, assert_one_line_error, run_cli
@@ -49,19 +50,7 @@ DECODE_SLEEP_MS = 25.0
 def clip(tmp_path_factory: pytest.TempPathFactory, store: AssetStore) -> Path:
     """24 real frames of a training drive (every 3rd frame, 480x270) as a 25 fps mp4."""
     path = tmp_path_factory.mktemp("clip") / "drive.mp4"
-    cap = cv2.VideoCapture(str(store.clip("project_video02")))
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (480, 270))
-    i = n = 0
-    while n < N_FRAMES:
-        ok, img = cap.read()
-        assert ok
-        if i % 3 == 0:
-            w.write(cv2.resize(img, (480, 270), interpolation=cv2.INTER_AREA))
-            n += 1
-        i += 1
-    w.release()
-    cap.release()
-    return path
+    return write_short_clip(store, path, N_FRAMES, 3, FPS)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ from drivecap.errors import DrivecapError
 from drivecap.pipeline import Outputs, Pipeline, RunSummary, load_models, safe_name
 from drivecap.sinks import parse_srt
 from drivecap.speech import Backend, SpeechWorker
+from tests.conftest import write_short_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
 import contextlib
@@ -98,19 +99,7 @@ def models(cfg: Config):  # type: ignore[no-untyped-def]
 def clip(tmp_path_factory: pytest.TempPathFactory, store: AssetStore) -> Path:
     """40 real frames of a training drive (every 3rd frame, 480x270) as a 30 fps mp4v file."""
     path = tmp_path_factory.mktemp("clip") / "drive.mp4"
-    cap = cv2.VideoCapture(str(store.clip("project_video02")))
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (480, 270))
-    i = n = 0
-    while n < N_FRAMES:
-        ok, img = cap.read()
-        assert ok
-        if i % 3 == 0:
-            w.write(cv2.resize(img, (480, 270), interpolation=cv2.INTER_AREA))
-            n += 1
-        i += 1
-    w.release()
-    cap.release()
-    return path
+    return write_short_clip(store, path, N_FRAMES, 3, FPS)
 
 
 @pytest.fixture(scope="module")

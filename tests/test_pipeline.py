@@ -22,6 +22,7 @@ from drivecap.capture import open_source, wait_until
 from drivecap.config import Config, load_config
 from drivecap.pipeline import Outputs, Pipeline, RunSummary, load_models, safe_name
 from drivecap.sinks import parse_srt
+from tests.conftest import write_short_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import REPO, assert_one_line_error, run_cli
@@ -75,19 +76,7 @@ def models(cfg: Config):  # type: ignore[no-untyped-def]
 def clip(tmp_path_factory: pytest.TempPathFactory, store: AssetStore) -> Path:
     """30 real frames of a training drive (every 4th frame, 480x270) as a 30 fps mp4."""
     path = tmp_path_factory.mktemp("clip") / "drive clip.mp4"
-    cap = cv2.VideoCapture(str(store.clip("project_video02")))
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (480, 270))
-    i = n = 0
-    while n < N_FRAMES:
-        ok, img = cap.read()
-        assert ok
-        if i % 4 == 0:
-            w.write(cv2.resize(img, (480, 270), interpolation=cv2.INTER_AREA))
-            n += 1
-        i += 1
-    w.release()
-    cap.release()
-    return path
+    return write_short_clip(store, path, N_FRAMES, 4, FPS)
 
 
 def _count_frames(path: Path) -> int:
