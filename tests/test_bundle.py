@@ -216,3 +216,37 @@ def test_default_bundle_captions_real_frames_and_their_mirrors() -> None:
             consistent += mirror_caption(c.text) == m.text
     assert grammatical == len(images)
     assert consistent >= len(images) - 2
+
+
+def test_bundle_with_ensemble_members_round_trips(tmp_path: Path) -> None:
+    from drivecap.decoder.bundle import EncoderRef, Pooling, random_params, save_bundle
+    from drivecap.decoder.lstm import Arch, LSTMDecoder
+    from drivecap.decoder.vocab import Vocab
+
+    vocab = Vocab.build([], extra=["car", "left", "right", "on", "the"])
+    arch = Arch("merge", 8, 3, 4, 6, 5, 4, len(vocab))
+    ps = [random_params(arch, seed=s, scale=2.0) for s in range(3)]
+    save_bundle(tmp_path / "e", arch, ps[0], vocab, EncoderRef(), Pooling(1, 3), "# e\n", members=ps[1:])
+    b = load_bundle(tmp_path / "e")
+    assert b.meta["decoding"]["members"] == 3 and len(b.members) == 2
+    assert set(b.params) == set(arch.shapes())
+    np.testing.assert_array_equal(b.members[1]["W_out"], ps[2]["W_out"])
+    fmap = np.random.default_rng(0).standard_normal((8, 2, 6)).astype(np.float32)
+    cap = Captioner(b, max_tokens=8)
+    want = LSTMDecoder(arch, ps[0], vocab.start_id, vocab.end_id, members=ps[1:]).greedy(cap.cells(fmap), 8)
+    assert cap.caption(fmap).tokens == tuple(vocab.decode(want.ids))
+
+
+def test_bundle_without_members_field_is_one_decoder(bundle: Path) -> None:
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["decoding"].pop("members", None)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    assert load_bundle(bundle).members == []
+
+
+def test_bundle_claiming_more_members_than_stored(bundle: Path) -> None:
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["decoding"]["members"] = 2
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="lack array 'm1/"):
+        load_bundle(bundle)

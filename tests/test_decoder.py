@@ -167,3 +167,42 @@ def test_flip_ensemble_gives_the_mirrored_frame_the_mirrored_caption(
         inconsistent_plain += mirror_caption(plain.caption(fmap).text) != plain.caption(flipped).text
     assert sided >= 3, "the made-up model should say left or right sometimes"
     assert inconsistent_plain >= 1, "without the ensemble this random model is not flip consistent"
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_ensemble_averages_the_members_word_logprobs(flip: bool) -> None:
+    vocab = Vocab.build([], extra=WORDS)
+    ms = [_model("merge", len(vocab), seed=s, cells=3) for s in (11, 12, 13)]
+    params = [m.export() for m in ms]
+    mirror = np.array(vocab.mirror_ids())
+    ens = LSTMDecoder(ms[0].arch, params[0], mirror_ids=mirror, members=params[1:])
+    singles = [LSTMDecoder(m.arch, p, mirror_ids=mirror) for m, p in zip(ms, params, strict=True)]
+    rng = np.random.default_rng(0)
+    differs = 0
+    for _ in range(8):
+        x = (rng.standard_normal((3, 32)) * 3).astype(np.float32)
+        xf = x[::-1].copy() if flip else None
+        hyp = ens.greedy(x, max_tokens=10, flipped=xf)
+        # Each step's chosen word maximises the mean of the three members' log-probs after the same prefix.
+        st = [d._start(x, xf) for d in singles]
+        prev, total = ens.start_id, 0.0
+        for tok in hyp.ids:
+            outs = [d._advance(s, np.array([prev])) for d, s in zip(singles, st, strict=True)]
+            mean_lp = np.mean([lp[0] for lp, _ in outs], axis=0)
+            assert tok == int(ens._choosable(mean_lp[None])[0].argmax())
+            total += float(mean_lp[tok])
+            st = [s for _, s in outs]
+            prev = tok
+        assert hyp.logprob == pytest.approx(total, abs=1e-4)
+        differs += hyp.ids != singles[0].greedy(x, 10, xf).ids
+    assert differs > 0, "the ensemble should change some captions of its first member"
+
+
+def test_ensemble_of_copies_is_the_single_decoder() -> None:
+    vocab = Vocab.build([], extra=WORDS)
+    m = _model("attention", len(vocab), seed=5, cells=49)
+    p = m.export()
+    one = LSTMDecoder(m.arch, p)
+    three = LSTMDecoder(m.arch, p, members=[p, p])
+    x = np.random.default_rng(1).standard_normal((49, 32)).astype(np.float32) * 3
+    assert three.beam(x, 3, 10).ids == one.beam(x, 3, 10).ids

@@ -15,10 +15,29 @@ from drivecap.overlay import HudInfo, Overlay
 from drivecap.sinks import EventLog, SubtitleSink, parse_srt
 
 # Every code point class, surrogates included, plus the strings that break subtitle formats.
-nasty = st.sampled_from(["\n", "\n\n", "\r\n", " --> ", "-->", "<b>", "&amp;", "\x00", "\x1b[31m", "\u2028",
-                         "\ufeff", "\ud800", "WEBVTT", "NOTE", "1", "00:00:01,000 --> 00:00:02,000"])
-texts = st.lists(st.one_of(st.text(max_size=60), nasty), max_size=8).map("".join) | st.text(min_size=300,
-                                                                                             max_size=2000)
+nasty = st.sampled_from(
+    [
+        "\n",
+        "\n\n",
+        "\r\n",
+        " --> ",
+        "-->",
+        "<b>",
+        "&amp;",
+        "\x00",
+        "\x1b[31m",
+        "\u2028",
+        "\ufeff",
+        "\ud800",
+        "WEBVTT",
+        "NOTE",
+        "1",
+        "00:00:01,000 --> 00:00:02,000",
+    ]
+)
+texts = st.lists(st.one_of(st.text(max_size=60), nasty), max_size=8).map("".join) | st.text(
+    min_size=300, max_size=2000
+)
 captions = st.lists(texts, min_size=1, max_size=6)
 
 SRT_TIME = r"\d\d:\d\d:\d\d,\d\d\d"
@@ -27,7 +46,7 @@ VTT_TIME = r"\d\d:\d\d:\d\d\.\d\d\d"
 
 def check_vtt(text: str, cues: int) -> None:
     assert text.startswith("WEBVTT\n\n")
-    blocks = [b for b in text[len("WEBVTT\n\n"):].split("\n\n") if b]
+    blocks = [b for b in text[len("WEBVTT\n\n") :].split("\n\n") if b]
     assert len(blocks) == cues
     for block in blocks:
         lines = block.split("\n")

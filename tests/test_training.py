@@ -130,3 +130,93 @@ def test_load_split_joins_labels_and_features(tmp_path: Path) -> None:
     assert split.samples[i].caption == "car on the right"
     # The stride, not the cache's contents, picks the frames.
     assert [s.frame for s in load_split(home, folder, ["c"], 1, 3, stride=4).samples] == [0, 0, 4, 4]
+
+
+def test_token_weights_lift_rare_tokens_only() -> None:
+    import torch
+
+    from drivecap.training.train import encode_captions, token_weights
+
+    vocab = caption_vocab()
+    caps = ["car on the left"] * 30 + ["car on the left , road curves right"] * 3
+    ids = encode_captions(vocab, caps, 16)
+    assert token_weights(vocab, ids, 0.0, 4.0) is None
+    w = token_weights(vocab, ids, 0.5, 4.0)
+    assert w is not None
+    idx = vocab.index
+    assert float(w[idx["car"]]) == pytest.approx(1.0)
+    # "road" is 11x rarer than the median target token (33 of "car", "on", ..., <end>): weight sqrt(11) ~ 3.3,
+    # under the cap of 4; a word never in the targets keeps 1.
+    assert float(w[idx["road"]]) == pytest.approx(11**0.5, rel=1e-4)
+    assert float(w[idx["bus"]]) == 1.0
+    capped = token_weights(vocab, ids, 1.0, 4.0)
+    assert capped is not None and float(capped[idx["road"]]) == pytest.approx(4.0)
+    assert torch.all(w >= 1.0)
+
+
+def test_fixed_epoch_training_repeats_the_cross_validated_run() -> None:
+    """The final model (trained for the chosen epoch count) equals the snapshot cross-validation scored."""
+    from drivecap.training.train import train_fixed
+
+    train = _split(40, 5, "a")
+    vocab = caption_vocab()
+    s = TrainSettings(rows=1, cols=3, embed_dim=8, hidden_dim=12, image_dim=8, max_epochs=4, aux_weight=0.5)
+    snaps: dict[int, dict[str, np.ndarray]] = {}
+    train_fixed(train, vocab, s, 4, lambda e, m: snaps.__setitem__(e + 1, m.export()))
+    again = train_fixed(train, vocab, s, 2).export()
+    assert set(snaps) == {1, 2, 3, 4}
+    for k, v in again.items():
+        np.testing.assert_array_equal(v, snaps[2][k])
+    assert not np.array_equal(snaps[2]["W_out"], snaps[4]["W_out"])
+
+
+def test_cross_validation_leaves_each_clip_out_and_picks_the_best_mean() -> None:
+    from drivecap.training.crossval import best_choice, cross_validate
+
+    a, b = _split(30, 6, "a"), _split(30, 7, "b")
+    data = a.concat(b)
+    data.flipped = np.concatenate([a.cells[:, ::-1], b.cells[:, ::-1]])
+    vocab = caption_vocab()
+    s = TrainSettings(rows=1, cols=3, embed_dim=8, hidden_dim=12, image_dim=8, max_epochs=2)
+    cv = cross_validate(data, vocab, s, seeds=(0, 1), check_epochs=[1, 2])
+    assert set(cv["folds"]) == {"a", "b"}
+    assert set(cv["mean"]) == {"1", "2"} and set(cv["mean"]["1"]) == {1, 2}
+    m = cv["mean"]["2"][1]["score"]
+    assert m == pytest.approx((cv["folds"]["a"]["2"][1]["score"] + cv["folds"]["b"]["2"][1]["score"]) / 2)
+    k, e, score = best_choice(cv)
+    assert score == max(r["score"] for by in cv["mean"].values() for r in by.values())
+    assert cv["mean"][str(k)][e]["score"] == score
+    # With a flip floor: the best fact F1 among the choices that keep flip consistency above the floor.
+    flips = sorted(r["val_flip"] for by in cv["mean"].values() for r in by.values())
+    floor = flips[len(flips) // 2]
+    k, e, f1 = best_choice(cv, min_flip=floor)
+    ok = [r for by in cv["mean"].values() for r in by.values() if r["val_flip"] >= floor]
+    assert f1 == max(r["val_fact_f1"] for r in ok) and cv["mean"][str(k)][e]["val_flip"] >= floor
+    # Nothing qualifies: the most flip-consistent choice.
+    k, e, flip = best_choice(cv, min_flip=2.0)
+    assert flip == flips[-1]
+
+    from drivecap.training.card import HELDOUT_BEGIN, loco_model_card
+
+    report = {
+        "extraction": {
+            "encoder_sha256": "ab" * 32,
+            "preprocess": "caffe",
+            "input": [224, 224],
+            "encoded_frames": 0,
+            "seconds": 0.0,
+        },
+        "command": "drivecap train",
+        "train_clips": ["a", "b"],
+        "train_samples": len(data),
+        "train_seconds": 1.0,
+        "cv_seconds": 1.0,
+        "final_seconds": 0.0,
+        "cv_rule": {"min_mean_flip": floor},
+        "cv_baseline": {"mean": cv["mean"]["1"][1]},
+        "cv": {"merge2x3": cv},
+        "chosen": {"candidate": "merge2x3", "members": k, "epochs": e, "score": flip},
+    }
+    card = loco_model_card(report, {"kind": "merge"})
+    assert f"**merge2x3**, {k} decoder(s) averaged, {e} epoch(s)" in card and HELDOUT_BEGIN in card
+    assert "| a |" in card and "| b |" in card

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         "kind": b.arch.kind,
         "pooling": [b.pooling.rows, b.pooling.cols],
         "flip_ensemble": b.flip_ensemble,
+        "members": 1 + len(b.members),
         "hidden": b.arch.hidden_dim,
     }
     result["clips"] = args.clips

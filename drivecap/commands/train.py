@@ -28,6 +28,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="bundle folder to write (default: $DRIVECAP_HOME/bundles/<encoder sha12>)",
     )
     p.add_argument(
+        "--protocol",
+        choices=("loco", "single-clip"),
+        default="loco",
+        help="model choice: leave-one-clip-out cross-validation over the training clips (default), or the "
+        "older early stopping on one held-back training clip (--val-clip, --arch, --augment)",
+    )
+    p.add_argument(
+        "--candidates",
+        nargs="+",
+        metavar="NAME",
+        help="loco: settings to cross-validate (default: all of drivecap.training.pipeline.CANDIDATES)",
+    )
+    p.add_argument(
         "--arch",
         nargs="+",
         choices=ARCH_CHOICES,
@@ -82,8 +95,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.stride < 1:
         raise DrivecapError(f"--stride {args.stride} is not allowed: use 1 or more")
     cmd = "drivecap " + " ".join(sys.argv[1:])
+    from drivecap.training.pipeline import CANDIDATES
+
+    unknown = [c for c in args.candidates or [] if c not in CANDIDATES]
+    if unknown:
+        raise DrivecapError(f"--candidates {unknown[0]!r} is unknown; choose from {', '.join(CANDIDATES)}")
     req = TrainRequest(
         out=args.out,
+        protocol=args.protocol,
+        candidates=list(args.candidates or CANDIDATES),
         archs=list(args.arch),
         val_clip=args.val_clip,
         stride=args.stride,
@@ -105,11 +125,20 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             f"features: {report['extraction']['encoded_frames']} frames encoded in "
             f"{report['extraction']['seconds']:.0f} s (cache {report['extraction']['folder']})"
         )
+        if "cv" in report:
+            for name, r in report["cv"].items():
+                b = r["best"]
+                print(
+                    f"{name}: mean fold score {b['score']:.3f} with {b['members']} member(s) after "
+                    f"{b['epochs']} epoch(s)"
+                )
         for name, r in report.get("runs", {}).items():
             ens = " (flip ensemble)" if r["flip_ensemble"] else ""
             print(
                 f"{name}: val score {r['score']:.3f}{ens}, best epoch {r['best_epoch']}, {r['seconds']:.0f} s"
             )
         if "bundle" in report:
-            print(f"bundle: {report['bundle']} ({report['chosen']})")
+            print(
+                f"bundle: {report['bundle']} ({report['chosen']}), {report['train_seconds']:.0f} s of training"
+            )
     return 0

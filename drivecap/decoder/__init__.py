@@ -57,6 +57,7 @@ class Captioner:
             bundle.vocab.end_id,
             bundle.length_alpha,
             np.array(bundle.vocab.mirror_ids()),
+            bundle.members,
         )
 
     @classmethod

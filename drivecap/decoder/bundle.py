@@ -69,6 +69,10 @@ class Bundle:
     length_alpha: float = 0.0
     flip_ensemble: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    #: further decoders of the same architecture whose word log-probabilities are averaged with this one's
+    #: (stored in decoder.npz as ``m1/<key>``, ``m2/<key>``, ...; ``decoding.members`` in bundle.json counts
+    #: all of them, 1 when absent)
+    members: list[dict[str, FloatArray]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -180,18 +184,31 @@ def load_bundle(folder: Path, encoder_sha256: str = "") -> Bundle:
             f"bundle {folder}: vocabulary size {len(vocab)} ({VOCAB}) != architecture vocab_size "
             f"{arch.vocab_size} ({BUNDLE_JSON}); re-export the bundle"
         )
-    for key, shape in arch.shapes().items():
-        if key not in params:
-            raise ModelError(f"bundle weights {folder / WEIGHTS} lack array {key!r}; re-export the bundle")
-        if params[key].shape != shape:
-            raise ModelError(
-                f"bundle weights {folder / WEIGHTS}: {key} has shape {params[key].shape}, "
-                f"{BUNDLE_JSON} says {shape}; re-export the bundle"
-            )
-        if not np.isfinite(params[key]).all():
-            raise ModelError(
-                f"bundle weights {folder / WEIGHTS}: {key} holds NaN or infinite values; retrain"
-            )
+    decoding = meta.get("decoding", {})
+    if not isinstance(decoding, dict):
+        decoding = {}
+    n_members = decoding.get("members", 1)
+    if not isinstance(n_members, int) or isinstance(n_members, bool) or n_members < 1:
+        raise ModelError(f"{meta_path}: decoding.members {n_members!r} is not a whole number >= 1")
+    prefixes = ["", *(f"m{i}/" for i in range(1, n_members))]
+    for prefix in prefixes:
+        for key, shape in arch.shapes().items():
+            name = prefix + key
+            if name not in params:
+                raise ModelError(
+                    f"bundle weights {folder / WEIGHTS} lack array {name!r}; re-export the bundle"
+                )
+            if params[name].shape != shape:
+                raise ModelError(
+                    f"bundle weights {folder / WEIGHTS}: {name} has shape {params[name].shape}, "
+                    f"{BUNDLE_JSON} says {shape}; re-export the bundle"
+                )
+            if not np.isfinite(params[name]).all():
+                raise ModelError(
+                    f"bundle weights {folder / WEIGHTS}: {name} holds NaN or infinite values; retrain"
+                )
+    members = [{k: params[p + k] for k in arch.shapes()} for p in prefixes[1:]]
+    params = {k: params[k] for k in arch.shapes()}
 
     hashes = meta.get("files")
     if not isinstance(hashes, dict):
@@ -211,9 +228,6 @@ def load_bundle(folder: Path, encoder_sha256: str = "") -> Bundle:
             f"encoder is {_short(encoder_sha256)}: run `drivecap encoder export` with the same "
             "weights or retrain"
         )
-    decoding = meta.get("decoding", {})
-    if not isinstance(decoding, dict):
-        decoding = {}
     return Bundle(
         folder,
         arch,
@@ -224,6 +238,7 @@ def load_bundle(folder: Path, encoder_sha256: str = "") -> Bundle:
         float(decoding.get("length_alpha", 0.0)),
         bool(decoding.get("flip_ensemble", False)),
         meta,
+        members,
     )
 
 
@@ -241,16 +256,24 @@ def save_bundle(
     length_alpha: float = 0.0,
     extra: dict[str, Any] | None = None,
     flip_ensemble: bool = False,
+    members: list[dict[str, FloatArray]] | None = None,
 ) -> Path:
-    """Writes a bundle (bundle.json last, so a half-written folder never validates) and checks it loads."""
+    """Writes a bundle (bundle.json last, so a half-written folder never validates) and checks it loads.
+
+    ``members``: further decoders of the same architecture, averaged with ``params`` at decode time."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for key, shape in arch.shapes().items():
-        if key not in params or tuple(params[key].shape) != shape:
-            got = None if key not in params else tuple(params[key].shape)
-            raise ValueError(f"parameter {key}: expected shape {shape}, got {got}")
+    every = [params, *(members or [])]
+    for m in every:
+        for key, shape in arch.shapes().items():
+            if key not in m or tuple(m[key].shape) != shape:
+                got = None if key not in m else tuple(m[key].shape)
+                raise ValueError(f"parameter {key}: expected shape {shape}, got {got}")
     (folder / BUNDLE_JSON).unlink(missing_ok=True)
-    arrays: dict[str, Any] = {k: np.asarray(params[k], np.float32) for k in arch.shapes()}
+    arrays: dict[str, Any] = {}
+    for i, m in enumerate(every):
+        prefix = f"m{i}/" if i else ""
+        arrays.update({prefix + k: np.asarray(m[k], np.float32) for k in arch.shapes()})
     with open(folder / WEIGHTS, "wb") as f:
         np.savez_compressed(f, **arrays)
     vocab.save(folder / VOCAB)
@@ -262,7 +285,11 @@ def save_bundle(
         "encoder": asdict(encoder),
         "pooling": asdict(pooling),
         "architecture": asdict(arch),
-        "decoding": {"length_alpha": length_alpha, "flip_ensemble": flip_ensemble},
+        "decoding": {
+            "length_alpha": length_alpha,
+            "flip_ensemble": flip_ensemble,
+            "members": len(every),
+        },
         "files": {name: _sha256(folder / name) for name in HASHED_FILES},
     }
     if extra:

@@ -14,7 +14,7 @@ LSTM gates follow torch's ``LSTMCell`` order (input, forget, cell, output) so ex
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -124,8 +124,14 @@ class LSTMDecoder:
         end_id: int = 2,
         length_alpha: float = 0.0,
         mirror_ids: npt.NDArray[np.int64] | None = None,
+        members: list[dict[str, FloatArray]] | None = None,
     ) -> None:
         self.arch = arch
+        # Further decoders of the same architecture and vocabulary (an ensemble): at every step the word
+        # log-probabilities of all of them (each with its own flipped stream, if any) are averaged.
+        self.members = [
+            LSTMDecoder(arch, m, start_id, end_id, length_alpha, mirror_ids) for m in (members or [])
+        ]
         # Fresh copies (arrays read from an .npz may be unaligned, which made a BLAS call 30x slower here) and
         # every matrix also stored transposed and contiguous, the layout ``x @ W.T`` wants.
         self.p = {k: np.array(v, dtype=np.float32, copy=True) for k, v in params.items()}
@@ -237,6 +243,7 @@ class LSTMDecoder:
             st.mem_f, hf, cf = self.encode_image(flipped)
             st.h_f, st.c_f = hf[None], cf[None]
             st.keys_f = self.attention_keys(st.mem_f)
+        st.others = [m._start(cells, flipped) for m in self.members]
         return st
 
     def _advance(self, st: _State, tokens: npt.NDArray[np.int64]) -> tuple[FloatArray, _State]:
@@ -247,12 +254,19 @@ class LSTMDecoder:
         whenever its map is the flip of this one."""
         lp, h, c = self.step(st.mem, tokens, st.h, st.c, st.keys)
         new = _State(st.mem, h, c, st.keys)
-        if st.mem_f is None or st.h_f is None or st.c_f is None:
+        if st.mem_f is not None and st.h_f is not None and st.c_f is not None:
+            perm = self.mirror_ids
+            lpf, new.h_f, new.c_f = self.step(st.mem_f, perm[tokens], st.h_f, st.c_f, st.keys_f)
+            new.mem_f, new.keys_f = st.mem_f, st.keys_f
+            lp = (np.float32(0.5) * (lp + lpf[:, perm])).astype(np.float32)
+        if not self.members:
             return lp, new
-        perm = self.mirror_ids
-        lpf, new.h_f, new.c_f = self.step(st.mem_f, perm[tokens], st.h_f, st.c_f, st.keys_f)
-        new.mem_f, new.keys_f = st.mem_f, st.keys_f
-        return (np.float32(0.5) * (lp + lpf[:, perm])).astype(np.float32), new
+        total = lp.astype(np.float64)
+        for m, sub in zip(self.members, st.others, strict=True):
+            lpm, subnew = m._advance(sub, tokens)
+            total += lpm
+            new.others.append(subnew)
+        return (total / (1 + len(self.members))).astype(np.float32), new
 
     def greedy(self, cells: FloatArray, max_tokens: int, flipped: FloatArray | None = None) -> Hypothesis:
         st = self._start(cells, flipped)
@@ -328,6 +342,8 @@ class _State:
     h_f: FloatArray | None = None
     c_f: FloatArray | None = None
     keys_f: FloatArray | None = None
+    #: states of the ensemble's further members, in member order
+    others: list[_State] = field(default_factory=list)
 
     def select(self, rows: list[int]) -> _State:
         return _State(
@@ -339,4 +355,5 @@ class _State:
             None if self.h_f is None else self.h_f[rows],
             None if self.c_f is None else self.c_f[rows],
             self.keys_f,
+            [o.select(rows) for o in self.others],
         )

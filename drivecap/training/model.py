@@ -15,7 +15,7 @@ class CaptionModel(nn.Module):
     feat_mean: torch.Tensor
     feat_std: torch.Tensor
 
-    def __init__(self, arch: Arch, dropout: float = 0.3) -> None:
+    def __init__(self, arch: Arch, dropout: float = 0.3, aux_outputs: int = 0) -> None:
         super().__init__()
         self.arch = arch
         d, n, w, h, e, a, v = (
@@ -44,6 +44,9 @@ class CaptionModel(nn.Module):
         self.out = nn.Linear(h + e, v)
         self.drop = nn.Dropout(dropout)
         self.feat_drop = nn.Dropout(dropout / 2)
+        # Training only (not exported): per-fact logits from the pooled image vector, an auxiliary loss that
+        # makes the vector carry every fact, also those said late in the caption (the road's shape).
+        self.aux = nn.Linear(e, aux_outputs) if aux_outputs else None
 
     # ------------------------------------------------------------------------------------------- model
 
@@ -77,12 +80,19 @@ class CaptionModel(nn.Module):
 
     def forward(self, cells: torch.Tensor, ids_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: (B, cells, D), (B, T) input ids (starting with <start>) -> (B, T, V) logits."""
+        return self.forward_aux(cells, ids_in)[0]
+
+    def forward_aux(
+        self, cells: torch.Tensor, ids_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` and the auxiliary per-fact logits (None without an auxiliary head)."""
         mem, h, c = self.encode(cells)
+        aux = None if self.aux is None else self.aux(mem.mean(dim=1))
         out = []
         for t in range(ids_in.shape[1]):
             logits, h, c = self.step(mem, ids_in[:, t], h, c)
             out.append(logits)
-        return torch.stack(out, dim=1)
+        return torch.stack(out, dim=1), aux
 
     @torch.no_grad()
     def greedy(

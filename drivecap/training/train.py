@@ -42,6 +42,11 @@ class TrainSettings:
     max_words: int = 16  # caption tokens kept (12 words + commas)
     seed: int = 0
     threads: int = 1
+    #: per-token loss weights: (token frequency / median frequency) ** -power, clipped to [1, max]; 0 = off
+    token_weight_power: float = 0.0
+    token_weight_max: float = 4.0
+    #: weight of an auxiliary per-fact loss on the image vector (training only; 0 = off)
+    aux_weight: float = 0.0
 
     def arch(self, vocab_size: int, feature_dim: int = 512) -> Arch:
         return Arch(
@@ -96,6 +101,91 @@ def decode_split(
         )
         out += [" ".join(vocab.decode(s)) for s in seqs]
     return out
+
+
+def token_weights(vocab: Vocab, ids: torch.Tensor, power: float, cap: float) -> torch.Tensor | None:
+    """Cross-entropy class weights that lift rare target tokens (e.g. the road's shape, said last and in
+    fewer captions than "on the", "car"): ``(freq / median freq) ** -power`` clipped to ``[1, cap]``.
+
+    Tokens never seen in the targets keep weight 1; ``power`` 0 means no weighting (returns None)."""
+    if power <= 0:
+        return None
+    counts = torch.bincount(ids[:, 1:].reshape(-1), minlength=len(vocab)).double()
+    counts[vocab.pad_id] = 0
+    seen = counts > 0
+    med = counts[seen].median()
+    w = torch.ones(len(vocab), dtype=torch.float64)
+    w[seen] = (counts[seen] / med).pow(-power).clamp(1.0, cap)
+    return w.float()
+
+
+def fact_targets(captions: list[str]) -> torch.Tensor:
+    """(N, len(ALL_KEYS)) 0/1 targets: the facts each caption says (what evaluation scores)."""
+    from drivecap.captions.facts import ALL_KEYS
+    from drivecap.captions.grammar import parse
+
+    col = {k: i for i, k in enumerate(ALL_KEYS)}
+    y = torch.zeros((len(captions), len(ALL_KEYS)))
+    for r, c in enumerate(captions):
+        for k in parse(c).keys:
+            if k in col:
+                y[r, col[k]] = 1.0
+    return y
+
+
+def train_fixed(
+    train: Split,
+    vocab: Vocab,
+    s: TrainSettings,
+    epochs: int,
+    on_epoch: Callable[[int, CaptionModel], None] | None = None,
+) -> CaptionModel:
+    """Trains for ``epochs`` epochs of a cosine schedule spanning ``s.max_epochs``, without looking at any
+    validation data; ``on_epoch(epoch, model)`` (model in eval mode) is called after each epoch.
+
+    Cross-validation calls it with ``epochs = s.max_epochs`` and scores every epoch; the final model is the same
+    run stopped at the chosen epoch count (same seed, same schedule), so the two see identical updates."""
+    torch.manual_seed(s.seed)
+    torch.set_num_threads(s.threads)
+    rng = np.random.default_rng(s.seed)
+    keys = fact_targets([x.caption for x in train.samples]) if s.aux_weight > 0 else None
+    model = CaptionModel(
+        s.arch(len(vocab), train.cells.shape[-1]),
+        dropout=s.dropout,
+        aux_outputs=0 if keys is None else keys.shape[1],
+    )
+    mean, std = feature_stats(train.cells)
+    model.feat_mean.copy_(torch.from_numpy(mean))
+    model.feat_std.copy_(torch.from_numpy(std))
+    ids = encode_captions(vocab, [x.caption for x in train.samples], s.max_words)
+    x_all = torch.from_numpy(train.cells)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.max_epochs, eta_min=s.lr * 0.05)
+    aux_loss = nn.BCEWithLogitsLoss()
+    weight = token_weights(vocab, ids, s.token_weight_power, s.token_weight_max)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, ignore_index=vocab.pad_id, label_smoothing=s.label_smoothing)
+    for epoch in range(min(epochs, s.max_epochs)):
+        model.train()
+        order = rng.permutation(len(train))
+        for i in range(0, len(order), s.batch_size):
+            b = torch.from_numpy(order[i : i + s.batch_size])
+            seq = ids[b]
+            t = int((seq != vocab.pad_id).sum(dim=1).max())
+            seq = seq[:, :t]
+            logits, aux = model.forward_aux(x_all[b], seq[:, :-1])
+            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), seq[:, 1:].reshape(-1))
+            if aux is not None and keys is not None:
+                loss = loss + s.aux_weight * aux_loss(aux, keys[b])
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+        sched.step()
+        model.eval()
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+    model.eval()
+    return model
 
 
 Scorer = Callable[[list[str], Split], dict[str, float]]
