@@ -19,23 +19,12 @@ def model_card(report: dict[str, Any], chosen: str) -> str:
     ext = report["extraction"]
     runs = report.get("runs", {})
     lines = [
-        "# drivecap caption decoder",
-        "",
-        "An LSTM decoder that turns the VGG16 conv5 map of a dashcam frame into a short driver caption. It was",
-        "trained on captions written by a teacher (SSD-MobileNetV2 COCO detections turned into scene facts and",
-        "then into words by the caption grammar), never on human captions: it can only be as right as the teacher.",
-        "",
-        "## Encoder",
-        "",
-        f"- fp32 VGG16 conv5 ONNX sha256 `{ext['encoder_sha256']}` (`drivecap encoder export`), "
-        f"{ext['preprocess']} preprocessing, {ext['input'][0]}x{ext['input'][1]} input.",
-        "- Runs on the INT8 QDQ model made from that ONNX too (features at cosine ~0.998 to fp32).",
-        "",
+        *_header(report),
         "## Data",
         "",
         f"- Training clips: {', '.join(report.get('train_clips', []))} (every {report.get('stride', 4)}th "
         "frame or more; the street film: frames 0-1439 only); validation (early stopping, model choice) on the whole clip "
-        f"`{report.get('val_clip', '?')}`. Labels: `drivecap label` (SSD teacher, smoothed over 9 frames).",
+        f"`{report.get('val_clip', '?')}`. Labels: `drivecap label` (SSD teacher, smoothed over 15 frames).",
         "- Every labelled frame also enters mirrored (image flipped, caption left/right swapped).",
         f"- Label files read (sha256, first 12): {', '.join(f'{k} {v}' for k, v in report.get('labels', {}).items())}.",
         "- Held out, never trained or tuned on: project_video01, challenge01, street film frames 1440 on.",
@@ -134,7 +123,7 @@ def loco_model_card(report: dict[str, Any], settings: dict[str, Any]) -> str:
         "",
         f"- Training clips: {', '.join(clips)} (every {report.get('stride', 4)}th frame; the street film: "
         f"frames 0-1439 only), {report.get('train_samples', '?')} samples with the mirrors. "
-        "Labels: `drivecap label` (SSD teacher, smoothed over 9 frames).",
+        "Labels: `drivecap label` (SSD teacher, smoothed over 15 frames).",
         "- Every labelled frame also enters mirrored (image flipped, caption left/right swapped).",
         f"- Label files read (sha256, first 12): {', '.join(f'{k} {v}' for k, v in report.get('labels', {}).items())}.",
         "- Held out, never trained, validated, stopped or tuned on: project_video01, challenge01, street film "
