@@ -34,22 +34,27 @@ MAX_GROWTH_PCT = 5.0
 # --------------------------------------------------------------------------------------------- camera
 
 
-def clip_jpegs(path: str | Path, limit: int = 300, width: int = 640, quality: int = 85) -> list[bytes]:
-    """The first ``limit`` frames of a video, resized to ``width``, as JPEG bytes (what the camera sends)."""
+def clip_jpegs(
+    path: str | Path, limit: int = 300, width: int = 640, quality: int = 85, step: int = 1
+) -> list[bytes]:
+    """The first ``limit`` frames (every ``step``-th) of a video, resized to ``width``, as JPEG bytes."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
     out: list[bytes] = []
+    i = 0
     try:
         while len(out) < limit:
             ok, img = cap.read()
             if not ok:
                 break
-            h = round(img.shape[0] * width / img.shape[1])
-            img = cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA)
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok:
-                out.append(buf.tobytes())
+            if i % step == 0:
+                h = round(img.shape[0] * width / img.shape[1])
+                img = cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA)
+                ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+                if ok:
+                    out.append(buf.tobytes())
+            i += 1
     finally:
         cap.release()
     if not out:

@@ -23,28 +23,9 @@ BOUNDARY = "drivecapframe"
 
 def jpeg_frames_from_video(path: str | Path, limit: int = 50, step: int = 1, width: int = 320) -> list[bytes]:
     """The first ``limit`` frames (every ``step``-th) of a video, resized to ``width``, as JPEG bytes."""
-    import cv2
+    from drivecap.soak import clip_jpegs
 
-    cap = cv2.VideoCapture(str(path))
-    out: list[bytes] = []
-    i = 0
-    try:
-        while len(out) < limit:
-            ok, img = cap.read()
-            if not ok:
-                break
-            if i % step == 0:
-                h = round(img.shape[0] * width / img.shape[1])
-                img = cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA)
-                ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
-                if ok:
-                    out.append(buf.tobytes())
-            i += 1
-    finally:
-        cap.release()
-    if not out:
-        raise ValueError(f"no frames read from {path}")
-    return out
+    return clip_jpegs(path, limit=limit, width=width, step=step)
 
 
 class _Server(ThreadingHTTPServer):

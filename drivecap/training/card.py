@@ -80,6 +80,14 @@ def model_card(report: dict[str, Any], chosen: str) -> str:
         "",
         f"Settings: `{json.dumps(s)}`",
         "",
+        *_heldout_section(),
+    ]
+    return "\n".join(lines)
+
+
+def _heldout_section() -> list[str]:
+    """The card's last section; ``drivecap eval --update-card`` fills in between the markers."""
+    return [
         "## Held-out metrics",
         "",
         "Ten held-out frames with their captions: [docs/contact_sheet.png](../../../docs/contact_sheet.png) "
@@ -90,7 +98,6 @@ def model_card(report: dict[str, Any], chosen: str) -> str:
         HELDOUT_END,
         "",
     ]
-    return "\n".join(lines)
 
 
 def _header(report: dict[str, Any]) -> list[str]:
@@ -208,15 +215,7 @@ def loco_model_card(report: dict[str, Any], settings: dict[str, Any]) -> str:
         "",
         f"Settings: `{json.dumps(settings)}`",
         "",
-        "## Held-out metrics",
-        "",
-        "Ten held-out frames with their captions: [docs/contact_sheet.png](../../../docs/contact_sheet.png) "
-        "(written by `drivecap eval --contact-sheet docs/contact_sheet.png`).",
-        "",
-        HELDOUT_BEGIN,
-        "(filled in by `drivecap eval --update-card`)",
-        HELDOUT_END,
-        "",
+        *_heldout_section(),
     ]
     return "\n".join(lines)
 
