@@ -120,6 +120,11 @@ class DecoderConfig:
     bundle: str = knob("default", "Model bundle folder; 'default' = the bundle shipped in the package")
     beam_width: int = knob(1, "1 = greedy decoding, >1 = beam search", min=1, max=16)
     max_tokens: int = knob(16, "Longest caption in tokens", min=2, max=64)
+    mirror_view: bool = knob(
+        True,
+        "When a caption is made, also encode the mirrored frame and decode both views together, so a "
+        "mirrored road always gets the mirrored caption (one extra encode per caption, not per frame)",
+    )
 
 
 @dataclass

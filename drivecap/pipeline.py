@@ -47,7 +47,10 @@ MAX_ENCODE_ERRORS_IN_ROW = 10  # more in a row than this: the encoder is broken,
 
 
 class CaptionerLike(Protocol):
-    def caption(self, fmap: Any) -> Any: ...
+    """``caption(fmap)``; a captioner with ``mirror_view`` true is also called as ``caption(fmap, mirror=...)``
+    with the encoder's map of the mirrored frame."""
+
+    def caption(self, fmap: Any, mirror: Any = None) -> Any: ...
 
 
 class EncoderLike(Protocol):
@@ -273,7 +276,14 @@ class Inference:
         self.gate_text = f"{decision.state} d={decision.distance:.3f}"
         if not decision.open:
             return gate_ev, None
-        cap = self.captioner.caption(res.features)
+        mirror_ms = 0.0
+        mirror = self._encode_mirror(frame) if getattr(self.captioner, "mirror_view", False) else None
+        if mirror is not None:
+            mirror_ms = mirror.preprocess_ms + mirror.infer_ms
+            self.metrics.record("encode_mirror", mirror_ms)
+            cap = self.captioner.caption(res.features, mirror=mirror.features)
+        else:
+            cap = self.captioner.caption(res.features)
         self.last_decode_ms = float(cap.decode_ms)
         self.metrics.record("decode", float(cap.decode_ms))
         # The encode times of the frames that became captions, to set against their glass-to-caption.
@@ -296,10 +306,24 @@ class Inference:
                 "preprocess_ms": res.preprocess_ms,
                 "infer_ms": res.infer_ms,
                 "decode_ms": float(cap.decode_ms),
+                "mirror_encode_ms": mirror_ms,
                 "wait_ms": (t0 - frame.t_capture) * 1e3,
             },
         )
         return gate_ev, ev
+
+    def _encode_mirror(self, frame: Frame) -> Any:
+        """The encoder's result on the mirrored frame (for the mirror view), or None if that encode fails:
+        the caption is then made from the frame alone rather than lost."""
+        import cv2
+
+        try:
+            return self.encoder.encode(cv2.flip(frame.image, 1))
+        except Exception as exc:
+            log.warning(
+                "mirror-view encode of frame %d failed (%s); captioning the frame alone", frame.index, exc
+            )
+            return None
 
 
 @dataclass

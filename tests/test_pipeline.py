@@ -299,3 +299,59 @@ def test_run_command_on_a_live_stream_headless(bundle: Path, store: AssetStore, 
     assert caps and events[-1]["event"] == "end" and events[-1]["frames_out"] == 30
     assert f"] {caps[0]['text']}" in proc.stdout  # captions printed as they appear
     assert "frames in" in proc.stdout and "glass-to-caption" in proc.stdout
+
+
+class _CountingEncoder:
+    """The real encoder, counting its calls (the mirror view adds one per caption)."""
+
+    def __init__(self, enc: Any) -> None:
+        self.enc = enc
+        self.calls = 0
+
+    def encode(self, frame_bgr: Any) -> Any:
+        self.calls += 1
+        return self.enc.encode(frame_bgr)
+
+    def describe(self) -> str:
+        return str(self.enc.describe())
+
+
+def test_mirror_view_gives_a_mirrored_drive_the_mirrored_captions(
+    cfg: Config, models: tuple[Any, Any], clip: Path, tmp_path: Path
+) -> None:
+    """The same frames as lossless PNG folders, as recorded and mirrored: with the mirror view on (the
+    default) every frame captioned in both replays gets exactly the mirrored caption, and each caption cost
+    one extra encode."""
+    from drivecap.captions.grammar import mirror_caption
+
+    enc, cap = models
+    assert cap.mirror_view, "config.yaml should turn the mirror view on by default"
+    folders = {"plain": tmp_path / "plain", "mirror": tmp_path / "mirror"}
+    for f in folders.values():
+        f.mkdir()
+    reader = cv2.VideoCapture(str(clip))
+    i = 0
+    while True:
+        ok, img = reader.read()
+        if not ok:
+            break
+        cv2.imwrite(str(folders["plain"] / f"{i:04d}.png"), img)
+        cv2.imwrite(str(folders["mirror"] / f"{i:04d}.png"), cv2.flip(img, 1))
+        i += 1
+    reader.release()
+    captions: dict[str, dict[int, str]] = {}
+    for name, folder in folders.items():
+        counting = _CountingEncoder(enc)
+        out = tmp_path / f"out_{name}"
+        s = Pipeline(cfg, counting, cap, Outputs(out, name, window=False), mode="offline", stride=3).run(
+            open_source(str(folder), cfg.capture)
+        )
+        assert s.captions >= 2
+        assert counting.calls == s.encoded + s.captions
+        captions[name] = {
+            e["frame"]: e["text"] for e in _events(out / f"{name}.jsonl") if e["event"] == "caption"
+        }
+    both = sorted(set(captions["plain"]) & set(captions["mirror"]))
+    assert 0 in both
+    for fr in both:
+        assert captions["mirror"][fr] == mirror_caption(captions["plain"][fr]), fr

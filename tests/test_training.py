@@ -96,6 +96,16 @@ def test_fact_baseline_learns_the_keys() -> None:
     assert all(not k.startswith("person") for keys in got for k in keys), (
         "never-seen keys are never predicted"
     )
+    # Mirror view: each frame read with its mirror's cells; swapping the two gives exactly the mirrored keys.
+    from drivecap.captions.facts import mirror_key
+
+    other = val.counterparts()
+    assert (other >= 0).all() and (other[other] == np.arange(len(val))).all()
+    noisy = val.cells[other] + np.random.default_rng(0).normal(0, 0.1, val.cells.shape).astype(np.float32)
+    a = base.predict_keys(val.cells, noisy)
+    b = base.predict_keys(noisy, val.cells)
+    assert all(kb == {mirror_key(k) for k in ka} for ka, kb in zip(a, b, strict=True))
+    assert sum(g == w for g, w in zip(a, want, strict=True)) >= 0.8 * len(want)
 
 
 def test_load_split_joins_labels_and_features(tmp_path: Path) -> None:
@@ -220,3 +230,58 @@ def test_cross_validation_leaves_each_clip_out_and_picks_the_best_mean() -> None
     card = loco_model_card(report, {"kind": "merge"})
     assert f"**merge2x3**, {k} decoder(s) averaged, {e} epoch(s)" in card and HELDOUT_BEGIN in card
     assert "| a |" in card and "| b |" in card
+
+
+def test_heldout_evaluation_with_the_mirror_view(tmp_path: Path) -> None:
+    """evaluate_heldout decodes each frame with its mirror's cells: flip consistency is then 1 whatever the
+    decoder; the frame-alone figures sit beside it, and the Markdown tables keep one cell per column."""
+    import torch
+
+    from drivecap.commands.eval import heldout_markdown
+    from drivecap.training.evaluate import evaluate_baseline, evaluate_heldout
+    from drivecap.training.model import CaptionModel
+
+    vocab = caption_vocab()
+    split = _split(40, 8, "h")
+    # The encoder's map of a mirrored frame is not exactly the flipped map: add noise to the mirror views.
+    rng = np.random.default_rng(1)
+    split.cells[1::2] += rng.normal(0, 0.8, split.cells[1::2].shape).astype(np.float32)
+    split.flipped = np.ascontiguousarray(split.cells[:, ::-1])
+    torch.manual_seed(0)
+    s = TrainSettings(rows=1, cols=3, embed_dim=8, hidden_dim=12, image_dim=8)
+    model = CaptionModel(s.arch(len(vocab), D)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+        model.out.bias[vocab.index["left"]] += 3.0
+        model.out.bias[vocab.index["right"]] += 3.0
+    save_bundle(
+        tmp_path / "b",
+        model.arch,
+        model.export(),
+        vocab,
+        EncoderRef(),
+        Pooling(1, 3),
+        "# t\n",
+        flip_ensemble=True,
+    )
+    cap = Captioner(load_bundle(tmp_path / "b"), max_tokens=10)
+    r = evaluate_heldout(cap, split, beam_width=2, mirror_view=True)
+    assert r["frames"] == 40 and r["mirror_view"] is True
+    assert r["flip_frames"] > 0 and r["flip_consistency"] == 1.0
+    assert r["beam"]["flip_consistency"] == 1.0
+    assert r["single_view"]["mirror_view"] is False
+    assert r["single_view"]["flip_consistency"] < 1.0, (
+        "the noisy mirror views should break the frame-alone view"
+    )
+    base = FactBaseline()
+    base.fit(split.cells, [Facts.from_json(x.facts) for x in split.samples])
+    r["baseline"] = evaluate_baseline(base, split)
+    assert r["baseline"]["mirror_view"]["flip_consistency_facts"] in (None, 1.0)
+    r["clips"] = ["h"]
+    md = heldout_markdown(r)
+    assert "frame alone" in md and "baseline (mirror view)" in md
+    for table in md.split("\n\n"):
+        rows = [ln for ln in table.splitlines() if ln.startswith("|")]
+        if rows:
+            assert len({ln.count("|") for ln in rows}) == 1, table

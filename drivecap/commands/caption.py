@@ -80,7 +80,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 failed += 1
                 continue
             res = enc.encode(img)
-            c = cap.caption(res.features, beam_width=args.beam)
+            mirror = enc.encode(cv2.flip(img, 1)) if cap.mirror_view else None
+            c = cap.caption(
+                res.features, beam_width=args.beam, mirror=None if mirror is None else mirror.features
+            )
             if args.json:
                 print(
                     json.dumps(
@@ -90,6 +93,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                             "tokens": list(c.tokens),
                             "score": round(c.score, 4),
                             "encode_ms": round(res.preprocess_ms + res.infer_ms, 2),
+                            "mirror_encode_ms": None
+                            if mirror is None
+                            else round(mirror.preprocess_ms + mirror.infer_ms, 2),
                             "decode_ms": round(c.decode_ms, 2),
                         }
                     ),

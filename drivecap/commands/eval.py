@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             f"no held-out frames with labels in {labels_dir(home) / 'heldout'}; run `drivecap label`"
         )
     t0 = time.perf_counter()
-    result = evaluate_heldout(cap, split, width)
+    result = evaluate_heldout(cap, split, width, mirror_view=cfg.decoder.mirror_view)
     result["eval_seconds"] = round(time.perf_counter() - t0, 1)
     result["bundle"] = str(folder)
     result["architecture"] = {
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     captions = result.pop("captions")
     if args.captions:
         _write_captions(args.captions, split, result, captions)
-    for section in ("beam", "baseline"):
+    for section in ("beam", "baseline", "single_view"):
         if isinstance(result.get(section), dict):
             result[section].pop("captions", None)
     if args.update_card:
@@ -194,15 +194,31 @@ def _fmt(x: Any) -> str:
 
 def heldout_markdown(r: dict[str, Any]) -> str:
     """The held-out figures as Markdown (for the terminal and the model card)."""
+    mv = bool(r.get("mirror_view"))
+    base = r.get("baseline", {})
     cols = [
-        ("LSTM greedy", r),
-        ("LSTM beam", r.get("beam", {})),
-        ("per-fact baseline", r.get("baseline", {})),
+        ("LSTM greedy" + (" (mirror view)" if mv else ""), r),
+        ("LSTM beam" + (" (mirror view)" if mv else ""), r.get("beam", {})),
     ]
+    if "single_view" in r:
+        cols.append(("LSTM greedy, frame alone", r["single_view"]))
+    cols.append(("per-fact baseline", base))
+    if isinstance(base.get("mirror_view"), dict):
+        cols.append(("baseline (mirror view)", base["mirror_view"]))
     lines = [
         f"Held-out clips: {', '.join(r['clips'])} ({r['frames']} frames, each also mirrored); reference = the "
         "teacher's caption.",
         "",
+    ]
+    if mv:
+        lines += [
+            "Mirror view (`decoder.mirror_view`, the default): each frame is decoded together with the encoder's "
+            "map of the mirrored frame, so a frame and its mirror get mirrored captions by construction (flip "
+            'consistency 1 up to ties). "frame alone" is the decoder on the frame\'s own map (flip ensemble '
+            "on the flipped map), what it does without the second encode.",
+            "",
+        ]
+    lines += [
         "| | " + " | ".join(n for n, _ in cols) + " |",
         "|---|" + "---|" * len(cols),
     ]
@@ -226,16 +242,19 @@ def heldout_markdown(r: dict[str, Any]) -> str:
     )
     if "decode_ms" in r:
         lines.append(
-            f"| decode ms (mean / p95) | {r['decode_ms']['mean']} / {r['decode_ms']['p95']} | "
-            f"{r.get('beam', {}).get('decode_ms', {}).get('mean', '-')} / "
-            f"{r.get('beam', {}).get('decode_ms', {}).get('p95', '-')} | - |"
+            "| decode ms (mean / p95) | "
+            + " | ".join(
+                f"{c['decode_ms']['mean']} / {c['decode_ms']['p95']}" if "decode_ms" in c else "-"
+                for _, c in cols
+            )
+            + " |"
         )
     lines += [
         "",
-        "Per fact type (F1, greedy / beam / baseline):",
+        "Per fact type (F1):",
         "",
-        "| fact type | support | greedy | beam | baseline |",
-        "|---|---|---|---|---|",
+        "| fact type | support | " + " | ".join(n for n, _ in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
     ]
     fams = sorted(set(r.get("per_family", {})))
     for fam in fams:
@@ -254,7 +273,6 @@ def heldout_markdown(r: dict[str, Any]) -> str:
         "| fact | support | greedy | baseline | within-clip bal. acc. (greedy / baseline) |",
         "|---|---|---|---|---|",
     ]
-    base = r.get("baseline", {})
     for key, v in sorted(r.get("per_fact", {}).items(), key=lambda kv: -kv[1]["support"]):
         wg = r.get("within_clip", {}).get("per_fact", {}).get(key, {}).get("balanced_accuracy")
         wb = base.get("within_clip", {}).get("per_fact", {}).get(key, {}).get("balanced_accuracy")

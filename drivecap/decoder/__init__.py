@@ -45,10 +45,14 @@ class Caption:
 class Captioner:
     """A loaded bundle ready to caption conv5 maps."""
 
-    def __init__(self, bundle: Bundle, beam_width: int = 1, max_tokens: int = 16) -> None:
+    def __init__(
+        self, bundle: Bundle, beam_width: int = 1, max_tokens: int = 16, mirror_view: bool = False
+    ) -> None:
         self.bundle = bundle
         self.beam_width = beam_width
         self.max_tokens = max_tokens
+        #: callers should encode the mirrored frame too and pass its map to :meth:`caption` (``mirror=``)
+        self.mirror_view = mirror_view
         self.flip_ensemble = bundle.flip_ensemble
         self.decoder = LSTMDecoder(
             bundle.arch,
@@ -78,13 +82,23 @@ class Captioner:
             bundle.pooling.rows,
             bundle.pooling.cols,
         )
-        return cls(bundle, beam_width=cfg.decoder.beam_width, max_tokens=cfg.decoder.max_tokens)
+        return cls(
+            bundle,
+            beam_width=cfg.decoder.beam_width,
+            max_tokens=cfg.decoder.max_tokens,
+            mirror_view=cfg.decoder.mirror_view,
+        )
 
     @classmethod
     def from_folder(
-        cls, folder: Path, beam_width: int = 1, max_tokens: int = 16, encoder_sha256: str = ""
+        cls,
+        folder: Path,
+        beam_width: int = 1,
+        max_tokens: int = 16,
+        encoder_sha256: str = "",
+        mirror_view: bool = False,
     ) -> Captioner:
-        return cls(load_bundle(folder, encoder_sha256), beam_width, max_tokens)
+        return cls(load_bundle(folder, encoder_sha256), beam_width, max_tokens, mirror_view)
 
     def cells(self, fmap: FloatArray) -> FloatArray:
         """(C, h, w) conv5 map -> (cells, C) as the bundle's pooling says."""
@@ -96,25 +110,44 @@ class Captioner:
             )
         return pool_cells(fmap, self.bundle.pooling.rows, self.bundle.pooling.cols)
 
-    def caption(self, fmap: FloatArray, beam_width: int | None = None) -> Caption:
+    def caption(
+        self, fmap: FloatArray, beam_width: int | None = None, mirror: FloatArray | None = None
+    ) -> Caption:
+        """Caption of one conv5 map. ``mirror`` = the encoder's map of the horizontally mirrored frame.
+
+        With ``mirror`` the decoder averages its word log-probabilities on the frame with those on the mirrored
+        frame read with left and right swapped (the mirror view). The mirrored frame, decoded the same way,
+        has exactly the two views swapped, so it always gets the mirrored caption. Without it, a flip-ensemble
+        bundle uses the horizontally flipped map as a stand-in for the mirrored frame's map, which VGG16 (not
+        mirror-equivariant) only approximates."""
         t0 = time.perf_counter()
         width = self.beam_width if beam_width is None else beam_width
         cells = self.cells(fmap)
-        # The flip ensemble reads the horizontally flipped map as the mirrored frame's features.
-        flipped = self.cells(np.ascontiguousarray(fmap[:, :, ::-1])) if self.flip_ensemble else None
+        if mirror is not None:
+            flipped: FloatArray | None = self.cells(mirror)
+        elif self.flip_ensemble:
+            flipped = self.cells(np.ascontiguousarray(fmap[:, :, ::-1]))
+        else:
+            flipped = None
         hyp = self.decoder.beam(cells, width, self.max_tokens, flipped)
         tokens = tuple(self.bundle.vocab.decode(hyp.ids))
         ms = (time.perf_counter() - t0) * 1e3
         return Caption(detokenize(tokens), tokens, hyp.logprob, ms)
 
     def caption_cells(
-        self, cells: FloatArray, beam_width: int | None = None, flipped: FloatArray | None = None
+        self,
+        cells: FloatArray,
+        beam_width: int | None = None,
+        flipped: FloatArray | None = None,
+        mirror: FloatArray | None = None,
     ) -> Caption:
         """Like :meth:`caption` on already pooled cells (evaluation reads them from the feature cache);
-        ``flipped`` = cells of the horizontally flipped map, used when the bundle asks for the flip ensemble."""
+        ``flipped`` = cells of the horizontally flipped map, used when the bundle asks for the flip ensemble,
+        or ``mirror`` = cells of the mirrored frame's map (the mirror view, used whenever given)."""
         t0 = time.perf_counter()
         width = self.beam_width if beam_width is None else beam_width
-        hyp = self.decoder.beam(cells, width, self.max_tokens, flipped if self.flip_ensemble else None)
+        second = mirror if mirror is not None else (flipped if self.flip_ensemble else None)
+        hyp = self.decoder.beam(cells, width, self.max_tokens, second)
         tokens = tuple(self.bundle.vocab.decode(hyp.ids))
         return Caption(detokenize(tokens), tokens, hyp.logprob, (time.perf_counter() - t0) * 1e3)
 

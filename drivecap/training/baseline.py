@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from drivecap.captions.facts import ALL_KEYS, Facts
+from drivecap.captions.facts import ALL_KEYS, Facts, mirror_key
 from drivecap.captions.grammar import render, simplify
 from drivecap.training.train import feature_stats
 
@@ -68,9 +68,21 @@ class FactBaseline:
         self.w = lin.weight.detach().numpy().copy()
         self.b = lin.bias.detach().numpy().copy()
 
-    def predict_keys(self, cells: npt.NDArray[np.float32]) -> list[frozenset[str]]:
-        assert self.w is not None and self.b is not None and self.active is not None
-        logits = self._x(cells).numpy() @ self.w.T + self.b
+    def logits(self, cells: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        assert self.w is not None and self.b is not None
+        return np.asarray(self._x(cells).numpy() @ self.w.T + self.b, np.float32)
+
+    def predict_keys(
+        self, cells: npt.NDArray[np.float32], mirror_cells: npt.NDArray[np.float32] | None = None
+    ) -> list[frozenset[str]]:
+        """Facts per frame; with ``mirror_cells`` (the mirrored frames' cells) each fact's logit is averaged
+        with its mirror fact's logit on the mirrored frame (the decoder's mirror view)."""
+        assert self.active is not None
+        logits = self.logits(cells)
+        if mirror_cells is not None:
+            col = {k: i for i, k in enumerate(self.keys)}
+            perm = np.array([col.get(mirror_key(k), i) for i, k in enumerate(self.keys)])
+            logits = np.asarray((logits + self.logits(mirror_cells)[:, perm]) / 2, np.float32)
         on = (logits > 0) & self.active
         out = []
         for row in on:
@@ -80,5 +92,7 @@ class FactBaseline:
             out.append(frozenset(keys))
         return out
 
-    def predict_captions(self, cells: npt.NDArray[np.float32]) -> list[str]:
-        return [render(Facts.from_keys(k)) for k in self.predict_keys(cells)]
+    def predict_captions(
+        self, cells: npt.NDArray[np.float32], mirror_cells: npt.NDArray[np.float32] | None = None
+    ) -> list[str]:
+        return [render(Facts.from_keys(k)) for k in self.predict_keys(cells, mirror_cells)]

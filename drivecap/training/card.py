@@ -148,8 +148,9 @@ def loco_model_card(report: dict[str, Any], settings: dict[str, Any]) -> str:
         "- Protocol: leave-one-clip-out over the training clips. For each candidate setting, each fold trains on "
         f"all training clips but one, with seeds {next(iter(cv.values()))['seeds']}, for a fixed cosine schedule; after "
         "every checked epoch count the left-out clip is captioned by the runtime (numpy) greedy decoder with the "
-        "flip ensemble, by the first seed alone and by the ensemble of the first 2 and 3 seeds (word "
-        "log-probabilities averaged). Rule (from the issue's targets): the setting, epoch count and ensemble "
+        "mirror view (each frame decoded together with the encoder's map of its mirror, as `decoder.mirror_view` "
+        "does at run time; the per-fact baseline likewise), by the first seed alone and by the ensemble of the "
+        "first 2 and 3 seeds (word log-probabilities averaged). Rule (from the issue's targets): the setting, epoch count and ensemble "
         "size with the highest mean fold fact F1 among those whose mean fold flip consistency is no worse than "
         "the per-fact baseline's on the same folds by more than 0.05 (floor "
         f"{report['cv_rule']['min_mean_flip']}); the final decoders are trained "
@@ -210,8 +211,8 @@ def loco_model_card(report: dict[str, Any], settings: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Chosen: **{ch['candidate']}**, {ch['members']} decoder(s) averaged, {ch['epochs']} epoch(s), flip "
-        f"ensemble on (mean fold fact F1 {ch['score']}). Beam search length penalty alpha 0 (not re-tuned).",
+        f"Chosen: **{ch['candidate']}**, {ch['members']} decoder(s) averaged, {ch['epochs']} epoch(s), mirror "
+        f"view on (mean fold fact F1 {ch['score']}). Beam search length penalty alpha 0 (not re-tuned).",
         "",
         f"Settings: `{json.dumps(settings)}`",
         "",

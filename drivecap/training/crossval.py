@@ -33,9 +33,16 @@ def split_by_clip(data: Split) -> dict[str, Split]:
 
 
 def decode_members(
-    members: Sequence[dict[str, FloatArray]], s: TrainSettings, vocab: Vocab, split: Split, flip: bool = True
+    members: Sequence[dict[str, FloatArray]],
+    s: TrainSettings,
+    vocab: Vocab,
+    split: Split,
+    flip: bool = True,
+    mirror_view: bool = True,
 ) -> list[str]:
-    """Greedy captions of ``split`` by the (ensemble of) exported decoders, as the runtime decodes them."""
+    """Greedy captions of ``split`` by the (ensemble of) exported decoders, as the runtime decodes them: with
+    ``mirror_view`` each view is decoded with its other view's cells as the mirrored stream (the runtime's
+    ``decoder.mirror_view``); views without one, and ``mirror_view=False``, use the flipped map (``flip``)."""
     arch = s.arch(len(vocab), split.cells.shape[-1])
     dec = LSTMDecoder(
         arch,
@@ -46,9 +53,11 @@ def decode_members(
         members=list(members[1:]),
     )
     flipped = split.flipped if flip else None
+    other = split.counterparts() if mirror_view else np.full(len(split), -1)
     out = []
     for i in range(len(split)):
-        hyp = dec.greedy(split.cells[i], s.max_words + 1, None if flipped is None else flipped[i])
+        second = split.cells[other[i]] if other[i] >= 0 else (None if flipped is None else flipped[i])
+        hyp = dec.greedy(split.cells[i], s.max_words + 1, second)
         out.append(" ".join(vocab.decode(hyp.ids)))
     return out
 
@@ -154,7 +163,10 @@ def baseline_cross_validate(data: Split) -> dict[str, Any]:
         train = data.select([x.clip != clip for x in data.samples])
         base = FactBaseline()
         base.fit(train.cells, [Facts.from_json(x.facts) for x in train.samples])
-        folds[clip] = fold_scores(base.predict_captions(val.cells), val)
+        other = val.counterparts()
+        mirror = np.where((other >= 0)[:, None, None], val.cells[np.maximum(other, 0)], val.cells[:, ::-1])
+        # The same mirror view as the decoders are scored with (a view without its mirror: its flipped cells).
+        folds[clip] = fold_scores(base.predict_captions(val.cells, mirror), val)
     keys = next(iter(folds.values())).keys()
     return {"folds": folds, "mean": {m: float(np.mean([f[m] for f in folds.values()])) for m in keys}}
 

@@ -74,6 +74,13 @@ class Split:
             None if self.flipped is None else self.flipped[m],
         )
 
+    def counterparts(self) -> npt.NDArray[np.int64]:
+        """Index of each view's other view (the same frame mirrored, or unmirrored), -1 where it is missing."""
+        at = {(x.clip, x.frame, x.mirrored, x.augmented): i for i, x in enumerate(self.samples)}
+        return np.array(
+            [at.get((x.clip, x.frame, not x.mirrored, x.augmented), -1) for x in self.samples], np.int64
+        )
+
     def concat(self, other: Split) -> Split:
         if not len(other):
             return self
