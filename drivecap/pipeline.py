@@ -277,7 +277,9 @@ class Inference:
         if not decision.open:
             return gate_ev, None
         mirror_ms = 0.0
-        mirror = self._encode_mirror(frame) if getattr(self.captioner, "mirror_view", False) else None
+        # Both the run's config and the captioner (a bundle-backed one) must ask for the mirror view.
+        use_mirror = self.cfg.decoder.mirror_view and getattr(self.captioner, "mirror_view", False)
+        mirror = self._encode_mirror(frame) if use_mirror else None
         if mirror is not None:
             mirror_ms = mirror.preprocess_ms + mirror.infer_ms
             self.metrics.record("encode_mirror", mirror_ms)

@@ -592,7 +592,11 @@ def test_encoder_failing_on_one_frame_is_skipped_counted_and_logged(
 ) -> None:
     enc, cap = models
     flaky = OnceFailingEncoder(enc, fail_on=2)
-    c = load_config(REPO / "config.yaml", [*_overrides(Path(cfg.decoder.bundle)), "gate.pixel_threshold=0.0"])
+    # Frame encodes only (the mirror view's extra encodes are tested below).
+    c = load_config(
+        REPO / "config.yaml",
+        [*_overrides(Path(cfg.decoder.bundle)), "gate.pixel_threshold=0.0", "decoder.mirror_view=false"],
+    )
     pipe = Pipeline(c, flaky, cap, Outputs(tmp_path, "drive", window=False), mode=mode, stride=4)
     with caplog.at_level(logging.WARNING):
         s = pipe.run(open_source(str(clip), c.capture))
@@ -612,12 +616,34 @@ def test_encoder_failing_on_one_frame_is_skipped_counted_and_logged(
         assert n == s.frames_out + s.video_filled
 
 
+def test_mirror_view_encode_failing_still_captions_the_frame(
+    cfg: Config, models: tuple[Any, Any], clip: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 2nd encode is frame 0's mirror (the first frame is always captioned): its failure costs the mirror
+    view of that caption only, not the caption and not an encoder error."""
+    enc, cap = models
+    assert cap.mirror_view
+    flaky = OnceFailingEncoder(enc, fail_on=2)
+    c = load_config(REPO / "config.yaml", [*_overrides(Path(cfg.decoder.bundle)), "gate.pixel_threshold=0.0"])
+    pipe = Pipeline(c, flaky, cap, Outputs(tmp_path, "drive", window=False), mode="offline", stride=4)
+    with caplog.at_level(logging.WARNING):
+        s = pipe.run(open_source(str(clip), c.capture))
+    assert s.encode_errors == 0
+    assert len([r for r in caplog.records if "mirror-view encode of frame 0 failed" in r.getMessage()]) == 1
+    _, _, events = check_outputs(tmp_path, "drive")
+    caps = [e for e in events if e["event"] == "caption"]
+    assert caps and caps[0]["frame"] == 0
+
+
 def test_encoder_that_keeps_failing_stops_with_one_line_and_complete_files(
     cfg: Config, models: tuple[Any, Any], clip: Path, tmp_path: Path
 ) -> None:
     enc, cap = models
     broken = OnceFailingEncoder(enc, fail_on=3, forever=True)
-    c = load_config(REPO / "config.yaml", [*_overrides(Path(cfg.decoder.bundle)), "gate.pixel_threshold=0.0"])
+    c = load_config(
+        REPO / "config.yaml",
+        [*_overrides(Path(cfg.decoder.bundle)), "gate.pixel_threshold=0.0", "decoder.mirror_view=false"],
+    )
     pipe = Pipeline(c, broken, cap, Outputs(tmp_path, "drive", window=False), mode="offline")
     with pytest.raises(DrivecapError, match="encoder failed on 10 frames in a row") as info:
         pipe.run(open_source(str(clip), c.capture))
