@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,18 +121,13 @@ class Captioner:
         bundle uses the horizontally flipped map as a stand-in for the mirrored frame's map, which VGG16 (not
         mirror-equivariant) only approximates."""
         t0 = time.perf_counter()
-        width = self.beam_width if beam_width is None else beam_width
         cells = self.cells(fmap)
         if mirror is not None:
-            flipped: FloatArray | None = self.cells(mirror)
-        elif self.flip_ensemble:
-            flipped = self.cells(np.ascontiguousarray(fmap[:, :, ::-1]))
+            c = self.caption_cells(cells, beam_width, mirror=self.cells(mirror))
         else:
-            flipped = None
-        hyp = self.decoder.beam(cells, width, self.max_tokens, flipped)
-        tokens = tuple(self.bundle.vocab.decode(hyp.ids))
-        ms = (time.perf_counter() - t0) * 1e3
-        return Caption(detokenize(tokens), tokens, hyp.logprob, ms)
+            flipped = self.cells(np.ascontiguousarray(fmap[:, :, ::-1])) if self.flip_ensemble else None
+            c = self.caption_cells(cells, beam_width, flipped)
+        return replace(c, decode_ms=(time.perf_counter() - t0) * 1e3)  # pooling included
 
     def caption_cells(
         self,
