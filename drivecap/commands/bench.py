@@ -60,10 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from drivecap.bench import BenchPlan, close_sides, make_sides, run_bench, table, to_json
-    from drivecap.capture import open_source, parse_source
+    from drivecap.bench.compare import close_sides, make_sides
+    from drivecap.bench.figures import BenchPlan, table, to_json
+    from drivecap.bench.runner import run_bench
     from drivecap.commands.replay import resolve_input
-    from drivecap.config import ConfigError
+    from drivecap.errors import ConfigError
+    from drivecap.pipeline.sources import open_source, parse_source
 
     for flag, value, low in (("--rounds", args.rounds, 1), ("--loops", args.loops, 1)):
         if value < low:
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     else:
         print("\n".join(table(result.figures)))
     if args.report is not None:
-        from drivecap.report import write_report
+        from drivecap.bench.report import write_report
 
         command = (
             "drivecap " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "drivecap bench"
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _frame_count(spec: Any, cfg: Config, loops: int) -> int | None:
     """Frames one run will read from a file (for the progress bar), or None when the file does not say."""
-    from drivecap.capture import open_source
+    from drivecap.pipeline.sources import open_source
 
     src = open_source(spec, cfg.capture)
     try:

@@ -51,7 +51,8 @@ def image_paths(items: list[str]) -> list[Path]:
 
 
 def _encoder(cfg: Config):  # type: ignore[no-untyped-def]
-    from drivecap.encoders import int8_onnx_path, make_encoder, resolve_backend
+    from drivecap.encoders.factory import make_encoder, resolve_backend
+    from drivecap.encoders.paths import int8_onnx_path
 
     backend = resolve_backend(cfg)
     if backend == "onnxruntime" and cfg.encoder.precision == "int8" and not int8_onnx_path(cfg).is_file():
@@ -64,7 +65,7 @@ def _encoder(cfg: Config):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace, cfg: Config) -> int:
     import cv2
 
-    from drivecap.decoder import Captioner
+    from drivecap.decoder.captioner import Captioner
 
     paths = image_paths(args.images)
     if args.beam is not None and args.beam < 1:

@@ -54,9 +54,11 @@ def print_summary(summary: Any, out_dir: Path | None) -> None:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from tqdm import tqdm
 
-    from drivecap.capture import CaptureError, open_source, parse_source
-    from drivecap.config import ConfigError
-    from drivecap.pipeline import Outputs, Pipeline, load_models, safe_name, sigint_stops
+    from drivecap.errors import ConfigError
+    from drivecap.pipeline.core import Outputs
+    from drivecap.pipeline.inference import load_models
+    from drivecap.pipeline.runner import Pipeline, safe_name, sigint_stops
+    from drivecap.pipeline.sources import CaptureError, open_source, parse_source
     from drivecap.security import write_output_text
 
     mode = args.mode or cfg.replay.mode

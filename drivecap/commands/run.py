@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from drivecap.config import Config, ConfigError
+from drivecap.config import Config
+from drivecap.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from drivecap.capture import open_source, parse_source
     from drivecap.commands.replay import print_summary, resolve_input
-    from drivecap.pipeline import CaptionEvent, Outputs, Pipeline, load_models, safe_name, sigint_stops
+    from drivecap.pipeline.core import Outputs
+    from drivecap.pipeline.inference import CaptionEvent, load_models
+    from drivecap.pipeline.runner import Pipeline, safe_name, sigint_stops
+    from drivecap.pipeline.sources import open_source, parse_source
     from drivecap.security import write_output_text
 
     if args.speech:

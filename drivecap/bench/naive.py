@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivecap.capture import Source
 from drivecap.config import OverlayConfig
 from drivecap.metrics import LatencyRecorder, RateMeter, now
-from drivecap.overlay import HudInfo, Overlay
-from drivecap.sinks import VideoSink
+from drivecap.outputs.overlay import HudInfo, Overlay
+from drivecap.outputs.video import VideoSink
+from drivecap.pipeline.sources import Source
 
 log = logging.getLogger(__name__)
 
