@@ -131,7 +131,14 @@ RUNTIME = (
     "drivecap.commands.replay",
     "drivecap.cli",
 )
-NEVER_AT_RUN_TIME = ("torch", "drivecap.training", "drivecap.training.teacher", "ray", "aiohttp", "matplotlib")
+NEVER_AT_RUN_TIME = (
+    "torch",
+    "drivecap.training",
+    "drivecap.training.teacher",
+    "ray",
+    "aiohttp",
+    "matplotlib",
+)
 
 
 @pytest.mark.parametrize("module", RUNTIME)
