@@ -165,9 +165,11 @@ class OverlayConfig:
 @dataclass
 class SpeechConfig:
     backend: str = knob(
-        "none",
-        "pyttsx3 (espeak-ng), espeak (command line), wav (files), none",
-        choices=("pyttsx3", "espeak", "wav", "none"),
+        "auto",
+        "auto = by job: `run` speaks (pyttsx3 over espeak-ng, else the espeak-ng command line; one warning and "
+        "silence where nothing can play), `replay`, `bench` and `fleet` stay silent; or pyttsx3, espeak, "
+        "wav (one file per utterance), none",
+        choices=("auto", "pyttsx3", "espeak", "wav", "none"),
     )
     rate_wpm: int = knob(175, "Speaking rate (words per minute)", min=60, max=500)
     repeat_window_s: float = knob(10.0, "Do not speak the same caption again within this time", min=0.0)

@@ -49,7 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="leave out the first S s of each run (default 1)",
     )
-    p.add_argument("--speech", choices=("pyttsx3", "espeak", "wav", "none"), help="default: speech.backend")
+    p.add_argument(
+        "--speech",
+        choices=("auto", "pyttsx3", "espeak", "wav", "none"),
+        help="default: speech.backend (auto: silent)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument(
         "--report", type=Path, metavar="DIR", help="write README.md, bench.json and PNG plots here"
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.bench.runner import run_bench
     from drivecap.commands.replay import resolve_input
     from drivecap.errors import ConfigError
+    from drivecap.outputs.tts import backend_for_job
     from drivecap.pipeline.sources import open_source, parse_source
 
     for flag, value, low in (("--rounds", args.rounds, 1), ("--loops", args.loops, 1)):
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError(f"--warmup {args.warmup} is not allowed: use 0 or more seconds")
     if args.speech:
         cfg.speech.backend = args.speech
+    cfg.speech.backend, _ = backend_for_job(cfg.speech.backend, "bench")  # auto: silent for bench
     cfg.output.window = False
     # Gate reasons and speech start per caption are read back from the event log.
     cfg.output.events = True

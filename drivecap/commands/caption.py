@@ -65,6 +65,7 @@ def _encoder(cfg: Config):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace, cfg: Config) -> int:
     import cv2
 
+    from drivecap.captions.grammar import for_people
     from drivecap.decoder.captioner import Captioner
 
     paths = image_paths(args.images)
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                     json.dumps(
                         {
                             "image": str(p),
-                            "caption": c.text,
+                            "caption": for_people(c.text),
                             "tokens": list(c.tokens),
                             "score": round(c.score, 4),
                             "encode_ms": round(res.preprocess_ms + res.infer_ms, 2),
@@ -103,5 +104,5 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                     flush=True,
                 )
             else:
-                print(f"{p}: {c.text}", flush=True)
+                print(f"{p}: {for_people(c.text)}", flush=True)
     return 2 if failed else 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -168,6 +170,46 @@ def wav_duration_s(path: Path) -> float:
             return w.getnframes() / float(w.getframerate() or 1)
     except (OSError, EOFError, wave.Error):
         return 0.0
+
+
+def sound_output() -> tuple[bool, str]:
+    """Whether anything can play sound here: a PulseAudio/PipeWire server or an ALSA playback device."""
+    if os.environ.get("PULSE_SERVER") or Path(f"/run/user/{os.getuid()}/pulse/native").exists():
+        return True, "PulseAudio server"
+    snd = Path("/dev/snd")
+    if snd.is_dir() and any(p.name.startswith("pcm") and p.name.endswith("p") for p in snd.iterdir()):
+        return True, "ALSA playback device"
+    return False, "no sound output (no ALSA playback device in /dev/snd, no PulseAudio server)"
+
+
+def live_backend() -> tuple[str, str]:
+    """The backend ``speech.backend: auto`` means for a live run, and why: ("none", reason) when it cannot play."""
+    if _espeak_binary() is None:
+        return "none", "espeak-ng is not installed (apt-get install espeak-ng)"
+    ok, why = sound_output()
+    if not ok:
+        return "none", why
+    if importlib.util.find_spec("pyttsx3") is not None:
+        return "pyttsx3", f"pyttsx3 over espeak-ng, {why}"
+    return "espeak", f"espeak-ng command line, {why}"
+
+
+def backend_for_job(name: str, job: str) -> tuple[str, str | None]:
+    """``auto`` resolved for a job: ``run`` speaks where it can, every other job is silent unless asked.
+
+    Returns the backend and, when a live run cannot speak, the one warning to give.
+    """
+    if name != "auto":
+        return name, None
+    if job != "run":
+        return "none", None
+    backend, why = live_backend()
+    if backend == "none":
+        return (
+            "none",
+            f"speech: {why}; captions are shown but not spoken (--speech wav records them, --speech none hides this)",
+        )
+    return backend, None
 
 
 def make_backend(name: str, rate_wpm: int) -> Backend:

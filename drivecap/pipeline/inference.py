@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from drivecap.captions.grammar import for_people
 from drivecap.config import Config
 from drivecap.errors import DrivecapError
 from drivecap.frames import Frame
@@ -70,6 +71,7 @@ class CaptionEvent:
             "frame": self.frame,
             "t": rounded(self.t, 3),
             "text": self.text,
+            "tokens": " ".join(self.tokens),
             "urgent": self.urgent,
             "score": rounded(self.score),
             "gate": rounded(self.gate_distance),
@@ -197,7 +199,7 @@ class Inference:
         self.n_captions += 1
         ev = CaptionEvent(
             id=self.n_captions,
-            text=cap.text,
+            text=for_people(cap.text),
             tokens=tuple(cap.tokens),
             score=float(cap.score),
             urgent=caption_is_urgent(cap.text),
