@@ -1,6 +1,6 @@
 """The soak command, short: a real 30 fps MJPEG camera on 127.0.0.1 through the full pipeline (speech in
 wav mode) for ~20 s; the report's figures are checked against each other and against the files written.
-The 10-minute soak is a command (``drivecap soak``), measured and reported in RELIABILITY.md."""
+The 10-minute soak is a command (``drivecap soak``), measured and reported in docs/reliability.md."""
 
 from __future__ import annotations
 
