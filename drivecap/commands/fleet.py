@@ -39,12 +39,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.config import ConfigError
-    from drivecap.fleet.drives import check_out_dir, find_drives, make_tasks, out_lock, remove_temp_folders
+    from drivecap.fleet.drives import (
+        check_address,
+        check_out_dir,
+        find_drives,
+        make_tasks,
+        out_lock,
+        remove_temp_folders,
+    )
     from drivecap.security import write_output_text
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers} is not allowed: use 1 or more")
     paths = find_drives(args.sources)
+    if args.address and args.address != "auto":
+        check_address(args.address)  # before anything is written: Ray itself would wait a minute
     out = check_out_dir(args.out)
     tasks = make_tasks(paths)
     with out_lock(out):

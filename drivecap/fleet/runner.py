@@ -198,10 +198,15 @@ class DriveWorker:
             reason = str(exc) if isinstance(exc, DrivecapError) else f"{exc.__class__.__name__}: {exc}"
             log.warning("drive %s failed: %s", task.name, reason, exc_info=not isinstance(exc, DrivecapError))
             self.board.post.remote(task.name, int(state["done"] or 0), state["total"], pid)
-            return DriveResult(task.name, "failed", reason.splitlines()[0][:500], wall_s=time.monotonic() - t0)
+            return DriveResult(
+                task.name, "failed", reason.splitlines()[0][:500], wall_s=time.monotonic() - t0, pid=pid
+            )
         self.board.post.remote(task.name, summary.frames_out, summary.frames_out, pid)
         return DriveResult(
-            task.name, "ok", frames=summary.frames_out, captions=summary.captions, wall_s=time.monotonic() - t0
+            task.name, "ok", frames=summary.frames_out,
+            captions=summary.captions,
+            wall_s=time.monotonic() - t0,
+            pid=pid,
         )
 
 
@@ -238,6 +243,7 @@ class FleetRunner:
         self.actors: list[Any] = []
         self.board: Any = None
         self.model_hashes: set[str] = set()
+        self._cfg_ref: Any = None
 
     def board_state(self) -> dict[str, tuple[int, int | None, int]]:
         import ray
@@ -261,7 +267,9 @@ class FleetRunner:
         worker_cls = ray.remote(DriveWorker).options(
             max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **opts
         )
-        self.actors = [worker_cls.remote(wcfg, self.board) for _ in range(n)]
+        # The driver keeps this reference for the whole run: a restarted actor is built from it again.
+        self._cfg_ref = ray.put(wcfg)
+        self.actors = [worker_cls.remote(self._cfg_ref, self.board) for _ in range(n)]
         try:
             self.model_hashes = set(ray.get([a.model_hash.remote() for a in self.actors]))
         except Exception as exc:
@@ -274,7 +282,11 @@ class FleetRunner:
         from tqdm import tqdm
 
         t0 = time.monotonic()
-        opts = self._start_actors()
+        try:
+            opts = self._start_actors()
+        except BaseException:
+            self.stop()
+            raise
         report = FleetReport(workers=len(self.actors), gpus_per_worker=float(opts.get("num_gpus", 0)))
         todo: list[DriveTask] = []
         for t in tasks:
@@ -308,10 +320,20 @@ class FleetRunner:
         finally:
             bar_d.close()
             bar_f.close()
+            self.stop()
         report.wall_s = time.monotonic() - t0
         order = {t.name: i for i, t in enumerate(tasks)}
         report.results.sort(key=lambda r: order.get(r.name, 0))
         return report
+
+    def stop(self) -> None:
+        """Ends this run's actors (on a shared cluster their CPUs/GPUs go back at once)."""
+        import ray
+
+        for a in [*self.actors, self.board]:
+            if a is not None:
+                ray.kill(a, no_restart=True)
+        self.actors, self.board = [], None
 
     def _result(self, ref: Any, task: DriveTask) -> DriveResult:
         import ray
