@@ -50,7 +50,10 @@ def singles(drives: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Each clip replayed on its own by `drivecap replay` (the reference)."""
     out = tmp_path_factory.mktemp("singles")
     for name, _, _ in DRIVES:
-        assert main([*SETTINGS, "-q", "replay", str(drives / f"{name}.mp4"), "--out", str(out), "--no-progress"]) == 0
+        assert (
+            main([*SETTINGS, "-q", "replay", str(drives / f"{name}.mp4"), "--out", str(out), "--no-progress"])
+            == 0
+        )
     return out
 
 
@@ -73,7 +76,9 @@ def test_fleet_outputs_are_byte_identical_to_single_replays(fleet_out: Path, sin
     for name, _, _ in DRIVES:
         _same_files(fleet_out / name, singles, name)
         files = sorted(p.name for p in (fleet_out / name).iterdir())
-        assert files == sorted([".drive.json", *(f"{name}.{e}" for e in ("jsonl", "mp4", "srt", "summary.json", "vtt"))])
+        assert files == sorted(
+            [".drive.json", *(f"{name}.{e}" for e in ("jsonl", "mp4", "srt", "summary.json", "vtt"))]
+        )
     assert not list(fleet_out.glob(".tmp-*"))
     assert not (fleet_out / "corrupt").exists()  # a failed drive leaves no folder
 
@@ -119,7 +124,9 @@ def test_the_index_finds_a_fact_the_teacher_labels_on_these_clips(fleet_out: Pat
 @pytest.mark.slow
 def test_a_second_run_skips_what_is_done(fleet_out: Path, drives: Path) -> None:
     before = {n: (fleet_out / n / f"{n}.jsonl").stat().st_mtime_ns for n, _, _ in DRIVES}
-    proc_rc = main([*SETTINGS, "-q", "fleet", str(drives), "--out", str(fleet_out), "--workers", "2", "--no-progress"])
+    proc_rc = main(
+        [*SETTINGS, "-q", "fleet", str(drives), "--out", str(fleet_out), "--workers", "2", "--no-progress"]
+    )
     assert proc_rc == 1  # the corrupt drive is tried again and fails again
     after = {n: (fleet_out / n / f"{n}.jsonl").stat().st_mtime_ns for n, _, _ in DRIVES}
     assert before == after
@@ -141,7 +148,7 @@ def test_a_worker_killed_mid_drive_is_retried_and_the_drive_is_complete(
     killed: list[int] = []
 
     def kill_mid_drive(runner: FleetRunner) -> None:
-        done, total, pid = runner.board_state().get(name, (0, None, 0))
+        done, _total, pid = runner.board_state().get(name, (0, None, 0))
         if not killed and pid and 10 <= done < N_FRAMES:
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -176,9 +183,13 @@ def _closed_port() -> int:
 def test_bad_fleet_inputs_are_one_line_errors(tmp_path: Path, drives: Path) -> None:
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    assert_one_line_error(run_cli("fleet", str(tmp_path / "nope*.mp4"), "--out", str(tmp_path / "o")), "nope*.mp4")
+    assert_one_line_error(
+        run_cli("fleet", str(tmp_path / "nope*.mp4"), "--out", str(tmp_path / "o")), "nope*.mp4"
+    )
     assert_one_line_error(run_cli("fleet", str(drives), "--out", str(a_file)), str(a_file), "is a file")
     port = _closed_port()
-    proc = run_cli("fleet", str(drives), "--out", str(tmp_path / "o"), "--address", f"127.0.0.1:{port}", timeout=60)
+    proc = run_cli(
+        "fleet", str(drives), "--out", str(tmp_path / "o"), "--address", f"127.0.0.1:{port}", timeout=60
+    )
     assert_one_line_error(proc, f"127.0.0.1:{port}", "no Ray cluster")
     assert not (tmp_path / "o").exists()

@@ -126,7 +126,9 @@ def check_out_dir(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FleetError(f"cannot create --out folder {out} ({exc.strerror or exc}); choose another") from None
+        raise FleetError(
+            f"cannot create --out folder {out} ({exc.strerror or exc}); choose another"
+        ) from None
     return out
 
 
@@ -218,7 +220,9 @@ def out_lock(out: Path) -> Any:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise FleetError(f"another `drivecap fleet` is writing into {out}; wait for it to finish") from None
+            raise FleetError(
+                f"another `drivecap fleet` is writing into {out}; wait for it to finish"
+            ) from None
         yield
     finally:
         f.close()

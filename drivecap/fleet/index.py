@@ -143,7 +143,9 @@ def build_index(out_dir: str | os.PathLike[str]) -> Path:
 def build_index_stats(out_dir: str | os.PathLike[str]) -> tuple[Path, IndexStats]:
     root = Path(out_dir)
     if not root.is_dir():
-        raise IndexBuildError(f"{root} is not a folder of replays; give the --out folder of a fleet or replay run")
+        raise IndexBuildError(
+            f"{root} is not a folder of replays; give the --out folder of a fleet or replay run"
+        )
     final = index_path(root)
     tmp = root / f".{INDEX_NAME}.{os.getpid()}.tmp"
     for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
@@ -173,7 +175,9 @@ def build_index_stats(out_dir: str | os.PathLike[str]) -> tuple[Path, IndexStats
         con.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        raise IndexBuildError(f"cannot write the index {final} ({exc}); free some space or check the folder") from None
+        raise IndexBuildError(
+            f"cannot write the index {final} ({exc}); free some space or check the folder"
+        ) from None
     except BaseException:
         con.close()
         with contextlib.suppress(FileNotFoundError):
@@ -186,7 +190,11 @@ def build_index_stats(out_dir: str | os.PathLike[str]) -> tuple[Path, IndexStats
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
     log.info(
-        "indexed %d drives (%d failed), %d captions into %s", stats.drives, stats.failed, stats.captions, final
+        "indexed %d drives (%d failed), %d captions into %s",
+        stats.drives,
+        stats.failed,
+        stats.captions,
+        final,
     )
     return final, stats
 

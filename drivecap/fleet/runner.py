@@ -9,7 +9,7 @@
 - Progress: workers post (frames done, frames declared, pid) per drive to a small board actor; the driver
   polls it between ``ray.wait`` calls for its tqdm bars (drives and frames).
 
-Only this module imports Ray, and only the ``fleet`` command imports this module.
+Only this module imports Ray (the actors' own code is :mod:`drivecap.fleet.worker`), and only the ``fleet`` command imports this module.
 """
 
 from __future__ import annotations
@@ -24,35 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from drivecap.config import Config
-from drivecap.errors import DrivecapError
-from drivecap.fleet import MANIFEST_NAME
-from drivecap.fleet.drives import (
-    DriveTask,
-    FleetError,
-    clear_failed,
-    config_hash,
-    is_done,
-    manifest,
-    publish,
-    temp_folder,
-    write_failed,
-)
+from drivecap.fleet.drives import DriveTask, FleetError, clear_failed, config_hash, is_done, write_failed
+from drivecap.fleet.worker import DriveResult, DriveWorker, ProgressBoard
 
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3  # per actor: a process killed (OOM killer, node lost) is restarted this many times
-PROGRESS_EVERY = 10  # frames between progress posts (each one is a small Ray call)
-
-
-@dataclass
-class DriveResult:
-    name: str
-    status: str  # ok | failed | skipped
-    reason: str = ""
-    frames: int = 0
-    captions: int = 0
-    wall_s: float = 0.0
-    pid: int = 0
 
 
 @dataclass
@@ -103,111 +80,6 @@ def worker_config(cfg: Config, gpu: bool) -> Config:
     if gpu and out.encoder.backend in ("auto", "onnxruntime"):
         out.encoder.backend = "tensorrt"
     return out
-
-
-class ProgressBoard:
-    """Per drive: (frames done, frames declared, worker pid). A Ray actor; plain methods, no locks needed
-    (an actor runs one call at a time)."""
-
-    def __init__(self) -> None:
-        self.state: dict[str, tuple[int, int | None, int]] = {}
-
-    def post(self, name: str, done: int, total: int | None, pid: int) -> None:
-        self.state[name] = (done, total, pid)
-
-    def snapshot(self) -> dict[str, tuple[int, int | None, int]]:
-        return dict(self.state)
-
-
-class DriveWorker:
-    """A Ray actor: loads the models once, then replays drive after drive into atomic folders."""
-
-    def __init__(self, cfg: Config, board: Any) -> None:
-        from drivecap.fleet.drives import file_sha256
-        from drivecap.pipeline import load_models
-
-        self.cfg = cfg
-        self.board = board
-        self.enc, self.captioner = load_models(cfg)
-        bundle_dir = getattr(getattr(self.captioner, "bundle", None), "folder", None)
-        parts = [str(getattr(self.enc, "onnx_sha256", "")), self.enc.describe().split(" threads=")[0]]
-        path = getattr(self.enc, "path", None)
-        if path is not None and Path(path).is_file():
-            parts.append(file_sha256(path))
-        if bundle_dir is not None and (Path(bundle_dir) / "bundle.json").is_file():
-            parts.append(file_sha256(Path(bundle_dir) / "bundle.json"))
-        import hashlib
-
-        self._model_hash = hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-    def model_hash(self) -> str:
-        return self._model_hash
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def replay(self, task: DriveTask, out: str, run_id: str, cfg_hash: str) -> DriveResult:
-        from drivecap.fleet.replay_core import replay_file
-        from drivecap.fsutil import atomic_write_bytes
-
-        out_dir = Path(out)
-        tmp = temp_folder(out_dir, task.name, run_id)
-        pid = os.getpid()
-        t0 = time.monotonic()
-        state = {"done": 0, "total": None}
-
-        def on_total(total: int | None) -> None:
-            state["total"] = total
-            self.board.post.remote(task.name, 0, total, pid)
-
-        def on_frame(n: int) -> None:
-            state["done"] = int(state["done"] or 0) + n
-            if int(state["done"]) % PROGRESS_EVERY == 0:
-                self.board.post.remote(task.name, state["done"], state["total"], pid)
-
-        try:
-            summary = replay_file(
-                self.cfg,
-                self.enc,
-                self.captioner,
-                task.source,
-                tmp,
-                task.name,
-                on_total=on_total,
-                on_frame=on_frame,
-                handle_signals=False,
-            )
-            if summary.frames_out == 0:
-                raise DrivecapError(f"{task.source}: no frame could be decoded; the file is empty or corrupt")
-            rec = manifest(
-                task,
-                cfg_hash,
-                self._model_hash,
-                status="ok",
-                frames=summary.frames_out,
-                captions=summary.captions,
-            )
-            import json
-
-            atomic_write_bytes(tmp / MANIFEST_NAME, (json.dumps(rec, indent=1) + "\n").encode())
-            publish(tmp, out_dir / task.name)
-        except Exception as exc:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            reason = str(exc) if isinstance(exc, DrivecapError) else f"{exc.__class__.__name__}: {exc}"
-            log.warning("drive %s failed: %s", task.name, reason, exc_info=not isinstance(exc, DrivecapError))
-            self.board.post.remote(task.name, int(state["done"] or 0), state["total"], pid)
-            return DriveResult(
-                task.name, "failed", reason.splitlines()[0][:500], wall_s=time.monotonic() - t0, pid=pid
-            )
-        self.board.post.remote(task.name, summary.frames_out, summary.frames_out, pid)
-        return DriveResult(
-            task.name, "ok", frames=summary.frames_out,
-            captions=summary.captions,
-            wall_s=time.monotonic() - t0,
-            pid=pid,
-        )
 
 
 def _actor_error(exc: BaseException) -> str:
@@ -291,10 +163,14 @@ class FleetRunner:
         todo: list[DriveTask] = []
         for t in tasks:
             if is_done(self.out, t, self.cfg_hash, self.model_hashes):
-                report.results.append(DriveResult(t.name, "skipped", "already done (same input, config, model)"))
+                report.results.append(
+                    DriveResult(t.name, "skipped", "already done (same input, config, model)")
+                )
             else:
                 todo.append(t)
-        bar_d = tqdm(total=len(tasks), unit="drive", desc="drives", disable=not self.progress or None, position=0)
+        bar_d = tqdm(
+            total=len(tasks), unit="drive", desc="drives", disable=not self.progress or None, position=0
+        )
         bar_f = tqdm(total=0, unit="frame", desc="frames", disable=not self.progress or None, position=1)
         bar_d.update(len(tasks) - len(todo))
         idle = list(range(len(self.actors)))
@@ -342,7 +218,9 @@ class FleetRunner:
             res: DriveResult = ray.get(ref)
             return res
         except ray.exceptions.RayActorError as exc:
-            return DriveResult(task.name, "failed", f"worker died {MAX_RESTARTS + 1} times: {_actor_error(exc)}")
+            return DriveResult(
+                task.name, "failed", f"worker died {MAX_RESTARTS + 1} times: {_actor_error(exc)}"
+            )
         except ray.exceptions.RayError as exc:
             return DriveResult(task.name, "failed", _actor_error(exc))
 
@@ -370,7 +248,11 @@ def init_ray(address: str | None, workers: int | None) -> None:
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "logging_level": logging.WARNING,
+    }
     if address:
         if address != "auto":
             check_address(address)

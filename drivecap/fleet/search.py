@@ -132,7 +132,9 @@ def list_drives(db_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             "ORDER BY recorded DESC, id DESC"
         ).fetchall()
     except sqlite3.DatabaseError as exc:
-        raise SearchError(f"{path} is not a caption index ({exc}); rebuild it with `drivecap index`") from None
+        raise SearchError(
+            f"{path} is not a caption index ({exc}); rebuild it with `drivecap index`"
+        ) from None
     finally:
         con.close()
     keys = ("name", "folder", "status", "reason", "frames", "duration_s", "captions", "sha256")
