@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray  # the fleet extra: scripts/setup.sh installs it, so CI runs these tests
 
 from drivecap.assets import AssetStore
 from drivecap.cli import main
@@ -18,8 +20,6 @@ from drivecap.fleet.drives import find_drives, make_tasks, remove_temp_folders
 from drivecap.fleet.runner import FleetRunner, actor_plan, worker_config
 from drivecap.fleet.search import list_drives, search_captions
 from tests.conftest import assert_one_line_error, run_cli, write_short_clip
-
-ray = pytest.importorskip("ray")  # the fleet extra; CI installs it (scripts/setup.sh)
 
 # (file name, real clip, frame step): three short drives cut from real clips with different scenes.
 DRIVES = (("highway", "project_video02", 4), ("overpass", "challenge02", 5), ("street", "street", 9))
@@ -69,6 +69,11 @@ def _same_files(a: Path, b: Path, name: str) -> None:
     for ext in ("srt", "vtt", "jsonl"):
         assert (a / f"{name}.{ext}").read_bytes() == (b / f"{name}.{ext}").read_bytes(), (name, ext)
     assert (a / f"{name}.mp4").stat().st_size > 0
+    # One thumbnail per caption, named by the caption's id, in both.
+    ids = [json.loads(ln)["id"] for ln in (a / f"{name}.jsonl").open() if '"event":"caption"' in ln]
+    thumbs = sorted(p.name for p in (a / f"{name}.thumbs").iterdir())
+    assert ids and thumbs == [f"{i:05d}.jpg" for i in ids]
+    assert thumbs == sorted(p.name for p in (b / f"{name}.thumbs").iterdir())
 
 
 @pytest.mark.slow
@@ -77,10 +82,17 @@ def test_fleet_outputs_are_byte_identical_to_single_replays(fleet_out: Path, sin
         _same_files(fleet_out / name, singles, name)
         files = sorted(p.name for p in (fleet_out / name).iterdir())
         assert files == sorted(
-            [".drive.json", *(f"{name}.{e}" for e in ("jsonl", "mp4", "srt", "summary.json", "vtt"))]
+            [
+                ".drive.json",
+                *(f"{name}.{e}" for e in ("jsonl", "mp4", "srt", "summary.json", "thumbs", "vtt")),
+            ]
         )
     assert not list(fleet_out.glob(".tmp-*"))
-    assert not (fleet_out / "corrupt").exists()  # a failed drive leaves no folder
+    assert not (fleet_out / "corrupt").exists()
+    hits = search_captions(fleet_out, limit=1000)
+    assert hits and all(
+        h["thumbnail"] and (fleet_out / h["thumbnail"]).is_file() for h in hits
+    )  # a failed drive leaves no folder
 
 
 @pytest.mark.slow
@@ -96,7 +108,8 @@ def test_the_corrupt_drive_is_one_failed_row_with_its_reason(fleet_out: Path) ->
 def test_the_index_finds_a_fact_the_teacher_labels_on_these_clips(fleet_out: Path, drives: Path) -> None:
     import cv2
 
-    from drivecap.captions.teacher import Teacher, facts_from_boxes, geometry_for
+    from drivecap.training.geometry import geometry_for
+    from drivecap.training.teacher import Teacher, facts_from_boxes
 
     teacher = Teacher.from_assets()
     hits = search_captions(fleet_out, limit=1000)
@@ -130,8 +143,6 @@ def test_a_second_run_skips_what_is_done(fleet_out: Path, drives: Path) -> None:
     assert proc_rc == 1  # the corrupt drive is tried again and fails again
     after = {n: (fleet_out / n / f"{n}.jsonl").stat().st_mtime_ns for n, _, _ in DRIVES}
     assert before == after
-    import json
-
     summary = json.loads((fleet_out / "fleet.summary.json").read_text())
     assert (summary["skipped"], summary["failed"], summary["ok"]) == (3, 1, 0)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from drivecap.fleet import FAILED_DIR, MANIFEST_NAME
-from drivecap.fleet.index import build_index, build_index_stats, thumbnail_rel
+from drivecap.fleet.index import build_index, build_index_stats
 from drivecap.fleet.search import SearchError, list_drives, search_captions
+from drivecap.outputs.thumbnails import thumbnail_path
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -20,13 +21,17 @@ def _log(folder: Path, name: str, captions: list[tuple[float, str, bool]], recor
     lines = [{"event": "start", "source": name, "fps": 10.0, "frames": 100}]
     for i, (t, text, urgent) in enumerate(captions, start=1):
         lines.append({"event": "gate", "frame": int(t * 10), "t": t, "open": True})
-        lines.append({"event": "caption", "id": i, "frame": int(t * 10), "t": t, "text": text, "urgent": urgent})
+        lines.append(
+            {"event": "caption", "id": i, "frame": int(t * 10), "t": t, "text": text, "urgent": urgent}
+        )
     lines.append({"event": "end", "frames_in": 100, "frames_out": 100, "captions": len(captions)})
     path = folder / f"{name}.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in lines))
     if recorded is not None:
         (folder / MANIFEST_NAME).write_text(
-            json.dumps({"drive": name, "source": f"/drives/{name}.mp4", "sha256": "ab" * 32, "recorded": recorded})
+            json.dumps(
+                {"drive": name, "source": f"/drives/{name}.mp4", "sha256": "ab" * 32, "recorded": recorded}
+            )
         )
     return path
 
@@ -43,18 +48,29 @@ def out(tmp_path: Path) -> Path:
     _log(
         root / "tuesday",
         "tuesday",
-        [(0.5, "person close ahead", True), (2.0, "car on the left , red light ahead", True), (4.0, "road curves left", False)],
+        [
+            (0.5, "person close ahead", True),
+            (2.0, "car on the left , red light ahead", True),
+            (4.0, "road curves left", False),
+        ],
         recorded=2000.0,
     )
     _log(root, "single", [(2.0, "truck on the right", False)], recorded=None)  # a plain `drivecap replay`
     os.utime(root / "single.jsonl", (500.0, 500.0))
-    thumb = thumbnail_rel(root / "tuesday", "tuesday", 1)
+    thumb = thumbnail_path(root / "tuesday", "tuesday", 1)
     thumb.parent.mkdir()
     thumb.write_bytes(b"\xff\xd8\xff\xd9")
     (root / "notes.jsonl").write_text('{"something": "else"}\n')  # not an event log: skipped
     (root / FAILED_DIR).mkdir()
     (root / FAILED_DIR / "wednesday.json").write_text(
-        json.dumps({"drive": "wednesday", "source": "/drives/wednesday.mp4", "reason": "cannot open video file", "recorded": 3000.0})
+        json.dumps(
+            {
+                "drive": "wednesday",
+                "source": "/drives/wednesday.mp4",
+                "reason": "cannot open video file",
+                "recorded": 3000.0,
+            }
+        )
     )
     return root
 
@@ -65,7 +81,9 @@ def test_index_tables_facts_and_wal(out: Path) -> None:
     assert (stats.drives, stats.failed, stats.captions, stats.skipped_logs) == (3, 1, 6, 1)
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    rows = con.execute("SELECT name, folder, status, frames, duration_s, captions, source FROM drives ORDER BY name").fetchall()
+    rows = con.execute(
+        "SELECT name, folder, status, frames, duration_s, captions, source FROM drives ORDER BY name"
+    ).fetchall()
     assert rows == [
         ("monday", "monday", "ok", 100, 10.0, 2, "/drives/monday.mp4"),
         ("single", "", "ok", 100, 10.0, 1, None),
@@ -99,10 +117,16 @@ def test_search_text_facts_urgent_drive_newest_first(out: Path) -> None:
     assert [h["text"] for h in search_captions(out, fact="person:ahead:close")] == ["person close ahead"]
     assert [h["drive"] for h in search_captions(out, fact="person:left")] == ["monday"]
     assert [h["text"] for h in search_captions(out, fact="car:left")] == ["car on the left , red light ahead"]
-    assert [h["text"] for h in search_captions(out, fact="light:red")] == ["car on the left , red light ahead"]
+    assert [h["text"] for h in search_captions(out, fact="light:red")] == [
+        "car on the left , red light ahead"
+    ]
     assert [h["drive"] for h in search_captions(out, fact="vehicle:right")] == ["single"]
     urgent = search_captions(out, urgent=True)
-    assert [h["drive"] for h in urgent] == ["tuesday", "tuesday", "monday"]  # newest drive first, then by time
+    assert [h["drive"] for h in urgent] == [
+        "tuesday",
+        "tuesday",
+        "monday",
+    ]  # newest drive first, then by time
     assert all(h["urgent"] for h in urgent)
     assert [h["t"] for h in search_captions(out, urgent=False, drive="tuesday")] == [4.0]
     assert len(search_captions(out, limit=2)) == 2
@@ -133,7 +157,9 @@ def test_a_log_cut_mid_line_keeps_the_captions_before_the_cut(out: Path) -> None
     cut = text.index('"clear road ahead"')
     path.write_text(text[:cut])
     build_index(out)
-    assert [h["text"] for h in search_captions(out, drive="monday")] == ["car close ahead , person on the left"]
+    assert [h["text"] for h in search_captions(out, drive="monday")] == [
+        "car close ahead , person on the left"
+    ]
 
 
 def test_bad_queries_and_folders(out: Path, tmp_path: Path) -> None:
@@ -169,3 +195,22 @@ def test_index_and_search_commands(out: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_cli("index", str(a_file)), str(a_file), "not a folder")
     assert_one_line_error(run_cli("search", str(tmp_path / "nowhere"), "car"), "nowhere", "drivecap index")
     assert_one_line_error(run_cli("search", str(out), "--fact", "person:up"), "person:up")
+
+
+def test_thumbnail_sink_writes_a_small_jpeg_of_the_frame(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from drivecap.outputs.thumbnails import ThumbnailSink
+
+    img = np.zeros((360, 640, 3), np.uint8)
+    img[:, 320:] = (0, 0, 255)  # right half red
+    with ThumbnailSink(tmp_path, "drive") as sink:
+        path = sink.write(7, img)
+    assert path == tmp_path / "drive.thumbs" / "00007.jpg"
+    back = cv2.imread(str(path))
+    assert back.shape == (180, 320, 3)
+    assert back[90, 300, 2] > 200 and back[90, 20, 2] < 30
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder would go")
+    assert ThumbnailSink(blocked, "d").write(1, img) is None  # logged, the run goes on

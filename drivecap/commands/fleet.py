@@ -78,9 +78,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     return 1 if d["failed"] else 0
 
 
-def _run_on_ray(
-    args: argparse.Namespace, cfg: Config, out: Path, tasks: list[DriveTask]
-) -> FleetReport:
+def _run_on_ray(args: argparse.Namespace, cfg: Config, out: Path, tasks: list[DriveTask]) -> FleetReport:
     try:
         import ray
     except ImportError:

@@ -79,7 +79,7 @@ def find_drives(sources: list[str]) -> list[Path]:
 
 def drive_names(paths: list[Path]) -> list[str]:
     """The folder name of each drive: what ``drivecap replay`` names its files, made unique with -2, -3..."""
-    from drivecap.pipeline import safe_name
+    from drivecap.pipeline.runner import safe_name
 
     names: list[str] = []
     used: set[str] = set()

@@ -35,11 +35,11 @@ from drivecap.captions.facts import family
 from drivecap.captions.grammar import parse
 from drivecap.errors import DrivecapError
 from drivecap.fleet import FAILED_DIR, INDEX_NAME, MANIFEST_NAME
+from drivecap.outputs.thumbnails import THUMBS_SUFFIX, thumbnail_path
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-THUMBS_SUFFIX = ".thumbs"
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,11 +101,6 @@ class IndexStats:
 
 def index_path(out_dir: str | os.PathLike[str]) -> Path:
     return Path(out_dir) / INDEX_NAME
-
-
-def thumbnail_rel(folder: Path, name: str, number: int) -> Path:
-    """Where the replay writes the thumbnail of caption ``number`` (see drivecap.outputs.thumbnails)."""
-    return folder / f"{name}{THUMBS_SUFFIX}" / f"{number:05d}.jpg"
 
 
 def _event_logs(root: Path) -> Iterator[Path]:
@@ -261,7 +256,7 @@ def _add_caption(
 ) -> None:
     text = str(ev.get("text", ""))
     number = int(ev.get("id") or 0)
-    thumb = thumbnail_rel(folder, name, number)
+    thumb = thumbnail_path(folder, name, number)
     cur = con.execute(
         "INSERT INTO captions (drive_id, number, t, frame, text, urgent, thumbnail) VALUES (?,?,?,?,?,?,?)",
         (

@@ -55,7 +55,7 @@ class DriveWorker:
     """A Ray actor: loads the models once, then replays drive after drive into atomic folders."""
 
     def __init__(self, cfg: Config, board: Any) -> None:
-        from drivecap.pipeline import load_models
+        from drivecap.pipeline.inference import load_models
 
         self.cfg = cfg
         self.board = board
@@ -76,8 +76,8 @@ class DriveWorker:
         return os.getpid()
 
     def replay(self, task: DriveTask, out: str, run_id: str, cfg_hash: str) -> DriveResult:
-        from drivecap.fleet.replay_core import replay_file
         from drivecap.fsutil import atomic_write_bytes
+        from drivecap.pipeline.replay import replay_file
 
         out_dir = Path(out)
         tmp = temp_folder(out_dir, task.name, run_id)

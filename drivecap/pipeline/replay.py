@@ -1,23 +1,36 @@
 """Replaying one file into one folder with loaded models: what ``drivecap replay`` and each fleet drive run.
 
-Both call :func:`replay_file`, so a fleet drive's outputs are the same as a single replay's by construction.
+Both call :func:`replay_file`, so a fleet drive's outputs are a single replay's by construction of the code
+(and the fleet tests compare the bytes anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from drivecap.config import Config
+from drivecap.outputs.tts import backend_for_job
+from drivecap.pipeline.core import Outputs
+from drivecap.pipeline.runner import Pipeline, sigint_stops
+from drivecap.pipeline.sources import CaptureError, SourceSpec, open_source, parse_source
+from drivecap.pipeline.summary import RunSummary
+from drivecap.security import write_output_text
+
+
+def replay_config(cfg: Config) -> None:
+    """The settings every replay resolves the same way (in place): ``speech.backend: auto`` is silent."""
+    cfg.speech.backend, _ = backend_for_job(cfg.speech.backend, "replay")
 
 
 def replay_file(
     cfg: Config,
     encoder: Any,
     captioner: Any,
-    source_spec: str,
+    source_spec: str | SourceSpec,
     out_dir: Path,
     name: str,
     *,
@@ -27,16 +40,12 @@ def replay_file(
     on_total: Callable[[int | None], object] | None = None,
     on_frame: Callable[[int], object] | None = None,
     handle_signals: bool = True,
-) -> Any:
+) -> RunSummary:
     """Replays ``source_spec`` (a file or image folder) into ``out_dir/<name>.*`` (mp4, srt, vtt, jsonl,
-    summary.json); returns the run summary. ``on_total`` gets the declared frame count before the run."""
-    import contextlib
-
-    from drivecap.capture import CaptureError, open_source, parse_source
-    from drivecap.pipeline import Outputs, Pipeline, sigint_stops
-    from drivecap.security import write_output_text
-
-    spec = parse_source(source_spec)
+    summary.json); returns the run summary. ``on_total`` gets the declared frame count before the run.
+    ``handle_signals=False`` where the process is not the user's (a Ray worker): Ctrl-C is the driver's."""
+    replay_config(cfg)
+    spec = parse_source(source_spec) if isinstance(source_spec, str) else source_spec
     if spec.live:
         raise CaptureError(
             f"{source_spec!r} is a live source; replay reads files and folders: use `drivecap run --source`"
