@@ -23,7 +23,7 @@ from tests.conftest import assert_one_line_error, run_cli, write_short_clip
 
 # (file name, real clip, frame step): three short drives cut from real clips with different scenes.
 DRIVES = (("highway", "project_video02", 4), ("overpass", "challenge02", 5), ("street", "street", 9))
-N_FRAMES = 30
+N_FRAMES = 24
 FPS = 10.0
 SETTINGS = ["--set", "encoder.threads=1"]  # what the fleet's workers and the single replays both run
 

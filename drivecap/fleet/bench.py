@@ -192,17 +192,53 @@ def run_index(source_outs: list[Path], work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def analyse(work: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where each run's wall time went: inside drives (the replays' own summaries) or around them.
+
+    The time around the drives (process starts and model loading for the loop; Ray start, actors, scheduling
+    for the fleet) is the overhead that does not depend on how loaded the machine is while frames are
+    processed; the encoder's p50 per run shows how loaded it was."""
+    out: dict[str, Any] = {}
+    for run in runs:
+        folder = work / f"{run['method']}-r{run['round']}"
+        walls, infer = [], []
+        for f in sorted(folder.glob("*/*.summary.json")):
+            d = json.loads(f.read_text())
+            walls.append(d["wall_s"])
+            infer.append(d["stages"]["infer"]["p50_ms"])
+        workers = 1 if run["method"] in ("loop", "fleet1") else 2
+        inside = sum(walls) / workers
+        infer.sort()
+        out[f"{run['method']}-r{run['round']}"] = {
+            "wall_s": run["wall_s"],
+            "drive_wall_sum_s": round(sum(walls), 2),
+            "outside_drives_s": round(run["wall_s"] - inside, 2),
+            "outside_share": round(1 - inside / run["wall_s"], 4),
+            "encoder_infer_p50_ms_median_over_drives": round(infer[len(infer) // 2], 1) if infer else None,
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m drivecap.fleet.bench", description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/fleet"), help="where results.json goes")
     ap.add_argument("--work", type=Path, default=Path("/tmp/drivecap-fleet-bench"), help="scratch folder")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--analyse-only", action="store_true", help="re-read --work and --out/results.json")
     args = ap.parse_args(argv)
+    res: dict[str, Any]
+    if args.analyse_only:
+        res = json.loads((args.out / "results.json").read_text())
+        res["throughput"]["breakdown"] = analyse(args.work, res["throughput"]["runs"])
+        (args.out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+        print(json.dumps(res["throughput"]["breakdown"], indent=1))
+        return 0
     drives = cut_drives(args.work / "drives", AssetStore())
-    res: dict[str, Any] = {"cpus": os.cpu_count(), "drives": [p.name for p in drives], "fps_written": FPS}
+    res = {"cpus": os.cpu_count(), "drives": [p.name for p in drives], "fps_written": FPS}
     if not args.skip_throughput:
         res["throughput"] = run_throughput(drives, args.work, args.rounds)
+        res["throughput"]["breakdown"] = analyse(args.work, res["throughput"]["runs"])
     res["index"] = run_index(sorted(args.work.glob("fleet2-r*")), args.work)
     res["peak_rss_this_process_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     args.out.mkdir(parents=True, exist_ok=True)
