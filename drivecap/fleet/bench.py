@@ -156,18 +156,20 @@ def _child_peak(cmd: list[str]) -> tuple[float, float, str]:
     return float(wall), int(rss_kb) / 1024, rest.strip()
 
 
-def run_index(source_outs: list[Path], work: Path) -> list[dict[str, Any]]:
+def run_index(
+    source_outs: list[Path], work: Path, copies_list: tuple[int, ...] = (1, 5, 11)
+) -> list[dict[str, Any]]:
     drive_dirs = sorted(
         p for o in source_outs for p in o.iterdir() if p.is_dir() and not p.name.startswith(".")
     )
     rows = []
-    for copies in (1, 5, 11):
+    for copies in copies_list:
         root = work / f"index-x{copies}"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         for c in range(copies):
-            for d in drive_dirs:
-                dest = root / f"{d.name}-c{c:02d}"
+            for j, d in enumerate(drive_dirs):
+                dest = root / f"{d.name}-s{j:02d}-c{c:02d}"
                 dest.mkdir()
                 name = d.name
                 # The log under the new drive name (what a replay of a copied file would write).
