@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +58,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from tqdm import tqdm
 
     from drivecap.errors import ConfigError
-    from drivecap.outputs.tts import backend_for_job
-    from drivecap.pipeline.core import Outputs
     from drivecap.pipeline.inference import load_models
-    from drivecap.pipeline.runner import Pipeline, safe_name, sigint_stops
-    from drivecap.pipeline.sources import CaptureError, open_source, parse_source
-    from drivecap.security import write_output_text
+    from drivecap.pipeline.replay import replay_config, replay_file
+    from drivecap.pipeline.runner import safe_name
+    from drivecap.pipeline.sources import CaptureError, parse_source
 
     mode = args.mode or cfg.replay.mode
     if args.max_frames is not None and args.max_frames < 1:  # would end at once with empty outputs
@@ -75,7 +72,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         cfg.replay.stride = args.stride
     if args.speech:
         cfg.speech.backend = args.speech
-    cfg.speech.backend, _ = backend_for_job(cfg.speech.backend, "replay")  # auto: silent for replay
+    replay_config(cfg)  # auto: silent for replay
     if args.loop:
         cfg.capture.loop = True
     spec = parse_source(resolve_input(args.file, cfg))
@@ -85,38 +82,35 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         )
     name = safe_name(spec.name, "replay")
     out_dir: Path = args.out
-    source = open_source(spec, cfg.capture)
     enc, captioner = load_models(cfg)
     with enc:
-        total = None
-        try:
-            source.open()
-            total = source.frame_count
-        finally:
-            source.close()
         bar = tqdm(
-            total=None if cfg.capture.loop else total,
             unit="frame",
             desc=f"replay {name} ({mode})",
             disable=args.no_progress or None,
             dynamic_ncols=True,
         )
-        pipe = Pipeline(
-            cfg,
-            enc,
-            captioner,
-            Outputs(out_dir, name, window=args.show),
-            mode=mode,
-            max_frames=args.max_frames,
-            on_frame=lambda n: bar.update(n),
-        )
+
+        def set_total(total: int | None) -> None:
+            bar.total = total
+            bar.refresh()
+
         try:
-            with sigint_stops(pipe):
-                summary = pipe.run(source)
+            # The fleet's workers call the same function: one drive's outputs are the same either way.
+            summary = replay_file(
+                cfg,
+                enc,
+                captioner,
+                spec,
+                out_dir,
+                name,
+                mode=mode,
+                max_frames=args.max_frames,
+                window=args.show,
+                on_total=set_total,
+                on_frame=lambda n: bar.update(n),
+            )
         finally:
             bar.close()
-    write_output_text(
-        out_dir / f"{name}.summary.json", json.dumps(summary.as_dict(), indent=1, default=str) + "\n"
-    )
     print_summary(summary, out_dir)
     return 130 if summary.interrupted else 0

@@ -19,6 +19,7 @@ from drivecap.outputs.events import EventLog
 from drivecap.outputs.overlay import HudInfo, Overlay
 from drivecap.outputs.speech import SpeechWorker
 from drivecap.outputs.subtitles import SubtitleSink
+from drivecap.outputs.thumbnails import ThumbnailSink
 from drivecap.outputs.video import VideoSink
 from drivecap.outputs.window import WindowSink
 from drivecap.pipeline.capture import LatestSlot
@@ -114,11 +115,18 @@ class PipelineCore:
             sinks["srt"] = stack.enter_context(SubtitleSink(folder / f"{out.name}.srt"))
         if o.vtt:
             sinks["vtt"] = stack.enter_context(SubtitleSink(folder / f"{out.name}.vtt"))
+        if o.thumbnails:
+            sinks["thumbs"] = stack.enter_context(ThumbnailSink(folder, out.name))
         if o.events:
             self.events = stack.enter_context(
                 EventLog(folder / f"{out.name}.jsonl", deterministic=self.mode == "offline")
             )
         return sinks
+
+    def _thumbnail(self, sinks: dict[str, Any], number: int, image: Any) -> None:
+        """The caption's thumbnail, from the frame before anything is drawn on it (output.thumbnails)."""
+        if "thumbs" in sinks:
+            sinks["thumbs"].write(number, image)
 
     def _event(self, ev: dict[str, Any]) -> None:
         if self.events is not None:

@@ -130,6 +130,7 @@ class ThreadedLoop(PipelineCore):
                     latest = self._latest
                 if latest is not None and latest is not shown:
                     shown = latest
+                    self._thumbnail(sinks, latest.id, frame.image)  # the frame it first shows on
                     overlay.set_caption(latest.text, latest.urgent, frame.t_source)
                 if t_first is None:
                     t_first = frame.t_source
