@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ from drivecap.web.auth import parse_bind, resolve_token
 from drivecap.web.feed import LiveFeed
 from drivecap.web.paths import find_drives, safe_file
 from drivecap.web.server import WebServer
+from tests.conftest import REPO, assert_one_line_error, run_cli
 from tests.web_helpers import clip_frames, open_fds, raw_get, thread_names, wait_until
 
 
@@ -188,15 +192,14 @@ def test_credentials_never_reach_the_page() -> None:
     with WebServer("127.0.0.1", 0, feed=feed) as srv:
 
         async def read_events() -> str:
-            async with aiohttp.ClientSession() as s:
-                async with s.get(f"http://127.0.0.1:{srv.port}/events") as r:
-                    await r.content.readuntil(b"\n\n")  # retry line: the client is registered
-                    feed.publish_event({"event": "start", "source": url, "config": {"capture": {"src": url}}})
-                    feed.publish_event({"event": "caption", "id": 1, "text": f"seen at {url}", "urgent": True})
-                    got = b""
-                    while got.count(b"data:") < 2:
-                        got += await r.content.readuntil(b"\n\n")
-                    return got.decode()
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{srv.port}/events") as r:
+                await r.content.readuntil(b"\n\n")  # retry line: the client is registered
+                feed.publish_event({"event": "start", "source": url, "config": {"capture": {"src": url}}})
+                feed.publish_event({"event": "caption", "id": 1, "text": f"seen at {url}", "urgent": True})
+                got = b""
+                while got.count(b"data:") < 2:
+                    got += await r.content.readuntil(b"\n\n")
+                return got.decode()
 
         text = asyncio.run(asyncio.wait_for(read_events(), 20))
         assert "event: caption" in text and "10.0.0.2/live" in text
@@ -239,7 +242,9 @@ def test_many_slow_and_churning_clients_never_hold_the_publisher(big_frames: lis
             stop = asyncio.Event()
             readers = [asyncio.create_task(_ws_reader(srv.port, stop, seen[k])) for k in range(8)]
             await asyncio.sleep(0.5)
-            pub = asyncio.create_task(asyncio.to_thread(lambda: published.extend(_publish(feed, frames, n_frames, 25.0))))
+            pub = asyncio.create_task(
+                asyncio.to_thread(lambda: published.extend(_publish(feed, frames, n_frames, 25.0)))
+            )
             async with aiohttp.ClientSession() as s:
                 for k in range(100):  # connect / disconnect cycles while frames flow
                     kind = ("/ws", "/stream.mjpg", "/events")[k % 3]
@@ -268,7 +273,7 @@ def test_many_slow_and_churning_clients_never_hold_the_publisher(big_frames: lis
         # It cannot have taken every frame into a 4 KB buffer: the rest were counted as its drops.
         assert stalled_client[0].frames_dropped > 0
         assert stalled_client[0].frames_sent + stalled_client[0].frames_dropped <= hub.frames_encoded
-        status, body = raw_get(srv.port, "/metrics")
+        _, body = raw_get(srv.port, "/metrics")
         assert b'drivecap_web_client_dropped_frames{client="' in body
         stalled.close()
         assert wait_until(lambda: len(hub.clients) == 0, 15), [c.kind for c in hub.clients]
@@ -277,3 +282,48 @@ def test_many_slow_and_churning_clients_never_hold_the_publisher(big_frames: lis
     assert wait_until(lambda: thread_names() == threads0, 10), (thread_names(), threads0)
     assert wait_until(lambda: open_fds() <= fds0, 10), (open_fds(), fds0)
     assert not [t for t in threading.enumerate() if t.name.startswith("web-")]
+
+
+def _serve(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drivecap", "-q", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("drive browser: http://"), (line, proc.stderr.read() if proc.poll() else "")
+    return proc, line.split(": ", 1)[1].strip()
+
+
+def test_serve_command_lists_drives_and_stops_on_ctrl_c(tmp_path: Path, store: AssetStore) -> None:
+    _drive_folder(tmp_path, store)
+    proc, url = _serve([str(tmp_path), "--bind", "127.0.0.1:0"])
+    try:
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        status, body = raw_get(port, "/api/drives")
+        assert status == 200
+        drives = json.loads(body)["drives"]
+        assert [d["id"] for d in drives] == ["d/a"] and drives[0]["codec"] == "mpeg4"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+
+
+def test_serve_off_loopback_prints_a_token_url_and_refuses_without_it(tmp_path: Path) -> None:
+    proc, url = _serve([str(tmp_path), "--bind", "0.0.0.0:0"])
+    try:
+        assert "?token=" in url
+        port = int(url.split("?")[0].rsplit(":", 1)[1].strip("/"))
+        assert raw_get(port, "/")[0] == 401
+        assert raw_get(port, "/?" + url.split("?")[1])[0] == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
+def test_serve_of_a_missing_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    proc = run_cli("serve", str(tmp_path / "nope"))
+    assert_one_line_error(proc, "nope", "--out")

@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -30,7 +29,9 @@ def clip_frames(path: Path, n: int, width: int = 480) -> list[np.ndarray]:
     return out
 
 
-def raw_get(port: int, target: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+def raw_get(
+    port: int, target: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
     """Sends ``GET target`` byte for byte (no client-side path normalisation) to 127.0.0.1; (status, body)."""
     lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
@@ -60,3 +61,26 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.
 
 def thread_names() -> list[str]:
     return sorted(t.name for t in threading.enumerate())
+
+
+def transcode_h264(src: Path, dst: Path, gop: int = 25) -> int:
+    """``src`` (any video OpenCV's mp4v writer made) re-encoded as H.264 in an MP4 with PyAV: what the
+    recorder issue writes and what Chromium plays. Returns the number of frames written."""
+    import av
+
+    n = 0
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        vin = inp.streams.video[0]
+        rate = vin.average_rate or 25
+        vout = out.add_stream("libx264", rate=rate)
+        vout.width, vout.height = vin.codec_context.width, vin.codec_context.height
+        vout.pix_fmt = "yuv420p"
+        vout.options = {"g": str(gop), "preset": "veryfast"}
+        for frame in inp.decode(vin):
+            img = frame.to_ndarray(format="rgb24")
+            for pkt in vout.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(pkt)
+            n += 1
+        for pkt in vout.encode():
+            out.mux(pkt)
+    return n

@@ -60,7 +60,9 @@ def resolve_token(host: str, token: str | None) -> str | None:
     """The token the server will ask for: the one given, a new random one off loopback, else none."""
     if token is not None:
         if len(token) < 16:
-            raise ConfigError("--token is too short: use at least 16 characters (or leave it out for a random one)")
+            raise ConfigError(
+                "--token is too short: use at least 16 characters (or leave it out for a random one)"
+            )
         return token
     return None if is_loopback(host) else secrets.token_urlsafe(24)
 

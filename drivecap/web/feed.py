@@ -85,9 +85,7 @@ class LiveFeed:
         wall = time.time()
         with self._lock:
             self._seq += 1
-            self._frame = LiveFrame(
-                self._seq, index, image, t_source, wall - (t - t_capture), wall
-            )
+            self._frame = LiveFrame(self._seq, index, image, t_source, wall - (t - t_capture), wall)
             self.frames_published += 1
             wakeups = list(self._wakeups)
         for w in wakeups:

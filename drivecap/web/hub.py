@@ -161,9 +161,7 @@ class Hub:
         self.frames_sent += c.frames_sent
         self.frames_dropped += c.frames_dropped
         self.events_dropped += c.events_dropped
-        log.debug(
-            "web client %d left: %d frames sent, %d dropped", c.id, c.frames_sent, c.frames_dropped
-        )
+        log.debug("web client %d left: %d frames sent, %d dropped", c.id, c.frames_sent, c.frames_dropped)
 
     def totals(self) -> dict[str, int]:
         live = list(self.clients)

@@ -51,9 +51,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 ping = json.loads(msg.data).get("ping")
                 if isinstance(ping, int | float):
-                    await ws.send_str(
-                        json.dumps({"event": "pong", "ping": ping, "server_unix": time.time()})
-                    )
+                    await ws.send_str(json.dumps({"event": "pong", "ping": ping, "server_unix": time.time()}))
     finally:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
@@ -97,7 +95,8 @@ async def mjpeg_handler(request: web.Request) -> web.StreamResponse:
                 continue
             head = (
                 f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(pkt.jpeg)}\r\n"
-                f"X-Frame-Index: {pkt.index}\r\nX-Capture-Unix: {pkt.capture_unix:.6f}\r\n\r\n"
+                f"X-Frame-Index: {pkt.index}\r\nX-Capture-Unix: {pkt.capture_unix:.6f}\r\n"
+                f"X-Output-Unix: {pkt.output_unix:.6f}\r\n\r\n"
             ).encode()
             await resp.write(head + pkt.jpeg + b"\r\n")
             client.frames_sent += 1

@@ -84,7 +84,9 @@ def drive_by_id(root: Path, drive_id: str) -> Drive | None:
     return d if d.file(".vtt").is_file() and d.file(".jsonl").is_file() else None
 
 
-def read_events(path: Path, limit: int = 100_000) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+def read_events(
+    path: Path, limit: int = 100_000
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """(start event, caption events, end event) of a JSONL event log; lines that do not parse are skipped
     (a log cut by a power failure ends in half a line)."""
     start: dict[str, Any] = {}

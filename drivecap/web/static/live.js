@@ -101,14 +101,51 @@
     const view = new DataView(buf);
     const n = view.getUint16(0);
     const head = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 2, n)));
-    const blob = new Blob([new Uint8Array(buf, 2 + n)], { type: "image/jpeg" });
-    if (busy) { if (pending) hud("hud-drops", "drops " + (++stats.pageDrops || (stats.pageDrops = 1))); pending = { head, blob }; }
+    onFrameParts(head, new Blob([new Uint8Array(buf, 2 + n)], { type: "image/jpeg" }));
+  }
+
+  // ?transport=mjpeg: the same painting path fed from /stream.mjpg through fetch(), parts split by their
+  // Content-Length; used by `drivecap bench` to compare the two transports in one browser. Events then
+  // come over a video-less WebSocket.
+  async function readMjpeg() {
+    const resp = await fetch("/stream.mjpg", { credentials: "same-origin", cache: "no-store" });
+    const reader = resp.body.getReader();
+    let buf = new Uint8Array(0);
+    const dec = new TextDecoder();
+    const append = (a, b) => { const c = new Uint8Array(a.length + b.length); c.set(a); c.set(b, a.length); return c; };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf = append(buf, value);
+      for (;;) {
+        let end = -1;
+        for (let k = 0; k + 3 < buf.length; k++) if (buf[k] === 13 && buf[k + 1] === 10 && buf[k + 2] === 13 && buf[k + 3] === 10) { end = k; break; }
+        if (end < 0) break;
+        const head = dec.decode(buf.subarray(0, end));
+        const len = +(/Content-Length: (\d+)/i.exec(head) || [])[1];
+        if (!(len >= 0) || buf.length < end + 4 + len) break;
+        const jpeg = buf.slice(end + 4, end + 4 + len);
+        buf = buf.slice(end + 4 + len + 2);
+        onFrameParts({ i: +(/X-Frame-Index: (\d+)/i.exec(head) || [])[1],
+                       capture: +(/X-Capture-Unix: ([\d.]+)/i.exec(head) || [])[1],
+                       output: +(/X-Output-Unix: ([\d.]+)/i.exec(head) || [])[1] },
+                     new Blob([jpeg], { type: "image/jpeg" }));
+      }
+    }
+  }
+
+  function onFrameParts(head, blob) {
+    if (busy) { stats.pageDrops = (stats.pageDrops || 0) + (pending ? 1 : 0); hud("hud-drops", "drops " + stats.pageDrops); pending = { head, blob }; }
     else paint(head, blob);
   }
 
+  const transport = new URLSearchParams(location.search).get("transport") === "mjpeg" ? "mjpeg" : "ws";
+  stats.transport = transport;
+  if (transport === "mjpeg") readMjpeg().catch(() => { conn.textContent = "stream ended"; });
+
   function connect() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    ws = new WebSocket(proto + "//" + location.host + "/ws");
+    ws = new WebSocket(proto + "//" + location.host + "/ws" + (transport === "mjpeg" ? "?video=0" : ""));
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       conn.textContent = "live"; conn.classList.add("ok");
