@@ -7,6 +7,8 @@ writes H.264 itself) with its WebVTT track, lists its captions with thumbnails a
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,5 +126,71 @@ def test_drive_browser_plays_a_drive_with_its_subtitles(drives_root: Path, brows
         assert "urgent" in page.eval_on_selector_all(
             "#captions li", "els => els.map(e => e.className).join(' ')"
         ) or not any(c["urgent"] for c in logged)
+        assert not errors, errors
+        page.close()
+
+
+def test_live_page_during_a_real_replay_shows_its_captions_and_advancing_video(
+    tmp_path: Path, store: AssetStore, browser: Any, real_cfg: Config
+) -> None:
+    from drivecap.pipeline.core import Outputs
+    from drivecap.pipeline.inference import load_models
+    from drivecap.pipeline.runner import Pipeline
+    from drivecap.pipeline.sources import open_source, parse_source
+    from drivecap.web.feed import LiveFeed
+
+    clip = write_short_clip(store, tmp_path / "live.mp4", 75, 2, 25.0, size=(480, 270))
+    cfg = _replay_cfg()
+    enc, cap = load_models(cfg)
+    feed = LiveFeed()
+    with enc, WebServer("127.0.0.1", 0, feed=feed) as srv:
+        page = browser.new_page(viewport={"width": 1100, "height": 800}, bypass_csp=True)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(srv.url)
+        page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
+        # A viewer that asks for the MJPEG stream and never reads: the replay must not notice it.
+        stalled = socket.create_connection(("127.0.0.1", srv.port))
+        stalled.sendall(f"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode())
+        pipe = Pipeline(
+            cfg,
+            enc,
+            cap,
+            Outputs(tmp_path / "out", "live", window=False),
+            mode="realtime",
+            metrics=feed.metrics,
+            live=feed,
+        )
+        seen_index: list[int] = []
+
+        def sample() -> None:
+            seen_index.append(page.evaluate("window.drivecapStats.lastIndex"))
+
+        holder: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: holder.update(s=pipe.run(open_source(parse_source(str(clip)), cfg.capture))))
+        t.start()
+        while t.is_alive():
+            sample()
+            t.join(timeout=0.4)
+        page.wait_for_timeout(500)
+        summary = holder["s"]
+        stats = page.evaluate("window.drivecapStats")
+        texts = [c.text for c in pipe.captions]
+        assert texts, "the replay made no caption"
+        # The page shows the pipeline's own last caption in large type, and its timeline holds them all.
+        assert page.inner_text("#caption") == texts[-1]
+        timeline = page.eval_on_selector_all("#timeline li .text", "els => els.map(e => e.textContent)")
+        assert list(reversed(timeline)) == texts[-len(timeline) :]
+        # The video advanced: the painted frame index grew while the replay ran, and frames carry their times.
+        assert len(set(seen_index)) >= 3 and seen_index == sorted(seen_index)
+        assert stats["painted"] >= summary.frames_out // 3
+        assert all(f["glass"] > 0 for f in stats["frames"])
+        assert stats["captions"], "no caption latency was measured"
+        # The stalled viewer did not hold the pipeline: it kept (nearly) every frame of the realtime replay.
+        assert summary.frames_out >= 0.9 * summary.frames_in, (summary.frames_out, summary.frames_in)
+        hub = srv.hub
+        assert hub is not None
+        assert len([c for c in hub.clients if c.kind == "mjpeg"]) == 1  # still connected, still not reading
+        stalled.close()
         assert not errors, errors
         page.close()

@@ -223,11 +223,11 @@ def run_scenario(
         if page is not None:
             page.close()
         if server is not None:
-            hub = server.hub
+            srv_hub = server.hub
             deadline = time.monotonic() + 10
-            while hub is not None and hub.clients and time.monotonic() < deadline:
+            while srv_hub is not None and srv_hub.clients and time.monotonic() < deadline:
                 time.sleep(0.1)
-            result["clients_left"] = len(hub.clients) if hub is not None else 0
+            result["clients_left"] = len(srv_hub.clients) if srv_hub is not None else 0
             server.stop()
     deadline = time.monotonic() + 10
     while (threading.active_count() > threads0 or _fds() > fds0) and time.monotonic() < deadline:

@@ -200,3 +200,13 @@ class WebServer:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def start_live_server(bind: str, token: str | None, metrics: Any = None) -> tuple[LiveFeed, WebServer]:
+    """For ``run --serve`` / ``replay --serve``: a feed for the pipeline and its started server."""
+    from drivecap.web.auth import parse_bind, resolve_token
+
+    host, port = parse_bind(bind)
+    feed = LiveFeed(metrics)
+    server = WebServer(host, port, token=resolve_token(host, token), feed=feed).start()
+    return feed, server
