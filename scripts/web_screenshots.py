@@ -48,13 +48,20 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 860}, bypass_csp=True)
             page.goto(srv.url)
             pipe = Pipeline(
-                cfg, enc, cap, Outputs(None, "live", window=False), mode="realtime",
-                max_frames=args.frames, metrics=feed.metrics, live=feed,
+                cfg,
+                enc,
+                cap,
+                Outputs(None, "live", window=False),
+                mode="realtime",
+                max_frames=args.frames,
+                metrics=feed.metrics,
+                live=feed,
             )
             t = threading.Thread(target=lambda: pipe.run(open_source(parse_source(clip), cfg.capture)))
             t.start()
             page.wait_for_function(
-                "window.drivecapStats.captions.length >= 2 && window.drivecapStats.painted > 60", timeout=120000
+                "window.drivecapStats.captions.length >= 2 && window.drivecapStats.painted > 60",
+                timeout=120000,
             )
             page.screenshot(path=str(args.docs / "web_live.png"))
             pipe.stop()
@@ -62,8 +69,15 @@ def main() -> None:
             page.close()
         # -- drive browser on an offline replay
         out = Path(tmp) / "out"
-        pipe = Pipeline(cfg, enc, cap, Outputs(out / "2026-12-01", args.clip, window=False), mode="offline",
-                        max_frames=args.frames, stride=5)
+        pipe = Pipeline(
+            cfg,
+            enc,
+            cap,
+            Outputs(out / "2026-12-01", args.clip, window=False),
+            mode="offline",
+            max_frames=args.frames,
+            stride=5,
+        )
         pipe.run(open_source(parse_source(clip), cfg.capture))
         mp4 = out / "2026-12-01" / f"{args.clip}.mp4"
         from drivecap.web.thumbs import video_codec
@@ -78,7 +92,9 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 860}, bypass_csp=True)
             page.goto(srv.url)
             page.wait_for_function("window.drivecapBrowser && window.drivecapBrowser.ready === true")
-            page.evaluate("(() => { const v = document.getElementById('player'); v.muted = true; v.play(); })()")
+            page.evaluate(
+                "(() => { const v = document.getElementById('player'); v.muted = true; v.play(); })()"
+            )
             page.wait_for_function("document.getElementById('player').currentTime > 4.5", timeout=60000)
             page.evaluate("document.getElementById('player').pause()")
             page.wait_for_function(

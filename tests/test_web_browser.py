@@ -137,6 +137,7 @@ def test_live_page_during_a_real_replay_shows_its_captions_and_advancing_video(
     from drivecap.pipeline.inference import load_models
     from drivecap.pipeline.runner import Pipeline
     from drivecap.pipeline.sources import open_source, parse_source
+
     from drivecap.web.feed import LiveFeed
 
     clip = write_short_clip(store, tmp_path / "live.mp4", 75, 2, 25.0, size=(480, 270))
@@ -167,7 +168,9 @@ def test_live_page_during_a_real_replay_shows_its_captions_and_advancing_video(
             seen_index.append(page.evaluate("window.drivecapStats.lastIndex"))
 
         holder: dict[str, Any] = {}
-        t = threading.Thread(target=lambda: holder.update(s=pipe.run(open_source(parse_source(str(clip)), cfg.capture))))
+        t = threading.Thread(
+            target=lambda: holder.update(s=pipe.run(open_source(parse_source(str(clip)), cfg.capture)))
+        )
         t.start()
         while t.is_alive():
             sample()

@@ -327,3 +327,29 @@ def test_serve_off_loopback_prints_a_token_url_and_refuses_without_it(tmp_path: 
 def test_serve_of_a_missing_folder_is_a_one_line_error(tmp_path: Path) -> None:
     proc = run_cli("serve", str(tmp_path / "nope"))
     assert_one_line_error(proc, "nope", "--out")
+
+
+def test_a_client_slot_keeps_the_newest_frame_and_counts_what_it_replaced() -> None:
+    from drivecap.web.hub import Client, JpegPacket
+
+    c = Client(1, "ws", "127.0.0.1", video=True)
+    pkts = [JpegPacket(k, k, k / 25, 0.0, 0.0, 0.0, b"\xff\xd8") for k in range(5)]
+    for p in pkts:
+        c.offer_frame(p)
+    for k in range(300):
+        c.offer_event({"event": "gate", "frame": k})
+    got, events = asyncio.run(c.wait(0.1))
+    assert got is pkts[-1] and c.frames_dropped == 4
+    assert len(events) == 256 and events[0]["frame"] == 300 - 256 and c.events_dropped == 44
+    assert asyncio.run(c.wait(0.01)) == (None, [])
+
+
+def test_feed_masks_events_and_converts_times() -> None:
+    feed = LiveFeed()
+    t = now()
+    feed.publish_event({"event": "caption", "text": "x", "nested": [{"u": "http://a:b@h/x"}]}, t_shown=t)
+    seq, evs = feed.events_after(0)
+    assert seq == 1 and evs[0]["nested"][0]["u"] == "http://***:***@h/x"
+    assert abs(evs[0]["shown_unix"] - time.time()) < 5  # Unix time, not the monotonic clock
+    assert feed.recent_captions()[0]["text"] == "x"
+    assert feed.events_after(1) == (1, [])

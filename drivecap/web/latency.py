@@ -60,7 +60,11 @@ def _fds() -> int:
 def _pcts(values: list[float]) -> dict[str, float | int]:
     if not values:
         return {"n": 0}
-    return {"n": len(values), "p50_ms": round(percentile(values, 50), 1), "p95_ms": round(percentile(values, 95), 1)}
+    return {
+        "n": len(values),
+        "p50_ms": round(percentile(values, 50), 1),
+        "p95_ms": round(percentile(values, 95), 1),
+    }
 
 
 class _Load:
@@ -212,7 +216,9 @@ def run_scenario(
             if load is not None:
                 stalled = [c for c in hub.clients if c.kind == "mjpeg"]
                 result["stalled_client"] = (
-                    {"sent": stalled[0].frames_sent, "dropped": stalled[0].frames_dropped} if stalled else None
+                    {"sent": stalled[0].frames_sent, "dropped": stalled[0].frames_dropped}
+                    if stalled
+                    else None
                 )
                 result["ws_clients_frames_seen"] = list(load.frames_seen)
                 result["churn_cycles"] = load.cycles
