@@ -31,7 +31,9 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from drivecap.pipeline import Outputs, Pipeline, load_models
+    from drivecap.pipeline.core import Outputs
+    from drivecap.pipeline.inference import load_models
+    from drivecap.pipeline.runner import Pipeline
     from drivecap.pipeline.sources import open_source, parse_source
     from drivecap.web.browser import launch
     from drivecap.web.feed import LiveFeed

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from drivecap.config import Config
+from drivecap.web.options import add_serve_args, live_server
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N output frames")
     p.add_argument("--show", action="store_true", help="also show a window (where a display exists)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_serve_args(p)
     p.set_defaults(func=run)
 
 
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from tqdm import tqdm
 
     from drivecap.errors import ConfigError
+    from drivecap.metrics import LatencyRecorder
     from drivecap.outputs.tts import backend_for_job
     from drivecap.pipeline.core import Outputs
     from drivecap.pipeline.inference import load_models
@@ -67,6 +70,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.security import write_output_text
 
     mode = args.mode or cfg.replay.mode
+    if args.serve and mode != "realtime":
+        raise ConfigError(f"--serve shows a run as it happens: add --mode realtime (replay.mode is {mode})")
     if args.max_frames is not None and args.max_frames < 1:  # would end at once with empty outputs
         raise ConfigError(f"--max-frames {args.max_frames} is not allowed: use 1 or more")
     if args.stride is not None:
@@ -87,7 +92,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     out_dir: Path = args.out
     source = open_source(spec, cfg.capture)
     enc, captioner = load_models(cfg)
-    with enc:
+    metrics = LatencyRecorder()
+    with enc, live_server(args, metrics) as feed:
         total = None
         try:
             source.open()
@@ -109,6 +115,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             mode=mode,
             max_frames=args.max_frames,
             on_frame=lambda n: bar.update(n),
+            metrics=metrics,
+            live=feed,
         )
         try:
             with sigint_stops(pipe):

@@ -19,9 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "printed inside the URL). Read-only. Ctrl-C stops.",
     )
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder with replay/run outputs")
-    p.add_argument(
-        "--bind", default="127.0.0.1:8080", metavar="[HOST:]PORT", help="default: 127.0.0.1:8080"
-    )
+    p.add_argument("--bind", default="127.0.0.1:8080", metavar="[HOST:]PORT", help="default: 127.0.0.1:8080")
     p.add_argument("--token", help="the token to ask for (default: random when not on loopback)")
     p.set_defaults(func=run)
 

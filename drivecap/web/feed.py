@@ -81,7 +81,6 @@ class LiveFeed:
         """Hands over an overlaid frame. The array is kept by reference: the output loop never draws on a
         frame again once it is written, and a copy would cost the pipeline's thread ~1 ms at 720p."""
         t = now()
-        self.metrics.record("glass_to_output", (t - t_capture) * 1e3)
         wall = time.time()
         with self._lock:
             self._seq += 1

@@ -132,13 +132,14 @@ def run_scenario(
     models: tuple[Any, Any],
     clip: str,
     sc: Scenario,
-    max_frames: int,
+    seconds: float,
     screenshot: Path | None = None,
     browser: Any = None,
 ) -> dict[str, Any]:
     """One realtime replay of ``clip`` under scenario ``sc``; returns its figures."""
-    from drivecap.capture import open_source, parse_source
-    from drivecap.pipeline import Outputs, Pipeline
+    from drivecap.pipeline.core import Outputs
+    from drivecap.pipeline.runner import Pipeline
+    from drivecap.pipeline.sources import open_source, parse_source
     from drivecap.web.feed import LiveFeed
     from drivecap.web.server import WebServer
 
@@ -165,7 +166,7 @@ def run_scenario(
             cap,
             Outputs(None, "bench-web", window=False),
             mode="realtime",
-            max_frames=max_frames,
+            max_seconds=seconds,
             metrics=metrics,
             live=feed,
         )
@@ -244,12 +245,12 @@ def run_scenario(
 
 
 def run_web_bench(
-    cfg: Config, clip: str, max_frames: int, out_dir: Path | None, screenshot: Path | None = None
+    cfg: Config, clip: str, seconds: float, out_dir: Path | None, screenshot: Path | None = None
 ) -> dict[str, Any]:
     """Every scenario on ``clip`` in one process; writes web.json and README.md to ``out_dir``."""
     from playwright.sync_api import sync_playwright
 
-    from drivecap.pipeline import load_models
+    from drivecap.pipeline.inference import load_models
     from drivecap.web.browser import launch
 
     cfg.output.window = False
@@ -261,10 +262,10 @@ def run_web_bench(
             for sc in SCENARIOS:
                 log.info("web bench: %s", sc.name)
                 shot = screenshot if sc.name == "ws" else None
-                results.append(run_scenario(cfg, (enc, cap), clip, sc, max_frames, shot, browser))
+                results.append(run_scenario(cfg, (enc, cap), clip, sc, seconds, shot, browser))
         finally:
             browser.close()
-    body = {"clip": Path(clip).name, "max_frames": max_frames, "encoder": enc.describe(), "runs": results}
+    body = {"clip": Path(clip).name, "seconds": seconds, "encoder": enc.describe(), "runs": results}
     body["verdict"] = verdict(results)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +305,7 @@ def verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(body: dict[str, Any]) -> str:
     lines = [
-        f"# Web live view: glass-to-browser latency and client load ({body['clip']}, {body['max_frames']} frames, "
+        f"# Web live view: glass-to-browser latency and client load ({body['clip']}, {body['seconds']:g} s per scenario, "
         f"{body['encoder']})",
         "",
         "Produced by `drivecap bench <clip> --compare web --report benchmarks/web` (realtime replay, one process,",
