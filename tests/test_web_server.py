@@ -352,3 +352,51 @@ def test_feed_masks_events_and_converts_times() -> None:
     assert abs(evs[0]["shown_unix"] - time.time()) < 5  # Unix time, not the monotonic clock
     assert feed.recent_captions()[0]["text"] == "x"
     assert feed.events_after(1) == (1, [])
+
+
+@pytest.mark.slow
+def test_run_serve_shows_the_live_view_and_without_it_says_how(tmp_path: Path, store: AssetStore) -> None:
+    from tests.conftest import write_short_clip
+
+    clip = write_short_clip(store, tmp_path / "c.mp4", 20, 2, 25.0, size=(320, 180))
+    base = [
+        "-q",
+        "--set",
+        "speech.backend=none",
+        "--set",
+        "encoder.warmup_runs=0",
+        "run",
+        "--source",
+        str(clip),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drivecap", *base, "--loop", "--serve", "127.0.0.1:0", "--max-seconds", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("live view: http://127.0.0.1:"), (
+            line,
+            proc.stderr.read() if proc.poll() else "",
+        )
+        port = int(line.split(":")[-1].strip().strip("/"))
+        assert wait_until(lambda: json.loads(raw_get(port, "/healthz")[1]).get("frames", 0) > 10, 60)
+        status, body = raw_get(port, "/metrics")
+        assert status == 200 and b'stage="glass_to_output"' in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err[-2000:]
+    # Without --serve and without a window, the first line says how to see the video.
+    quiet = run_cli(*base, "--no-window", "--max-frames", "5")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stdout.splitlines()[0].startswith("no window here") and "--serve 8080" in quiet.stdout
+
+
+def test_replay_serve_needs_realtime_mode() -> None:
+    proc = run_cli("replay", "project_video01", "--mode", "offline", "--serve", "8080")
+    assert_one_line_error(proc, "--serve", "--mode realtime")

@@ -96,7 +96,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.web:
         from drivecap.web.latency import markdown, run_web_bench
 
-        print(markdown(run_web_bench(cfg, path, args.seconds or 12.0, args.report)))
+        command = "drivecap " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        body = run_web_bench(
+            cfg, path, args.seconds or 12.0, args.report, rounds=args.rounds, command=command
+        )
+        print(markdown(body))
         return 0
     spec = parse_source(path)
     seconds = args.seconds if args.seconds is not None else (10.0 if spec.live else None)

@@ -39,7 +39,8 @@ def ws_message(pkt: JpegPacket) -> bytes:
 
 async def ws_handler(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=4096)
+    # compress=False: JPEG does not deflate, and permessage-deflate would cost both ends CPU per frame.
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     video = request.query.get("video", "1") != "0"
     client = hub.connect("ws", _peer(request), video)

@@ -149,9 +149,18 @@ class WebServer:
         return self
 
     def _serve(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
+        # aiohttp reads static files through the loop's default executor: a small named one, started now,
+        # so the thread count does not grow later with the first page load.
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="web-io")
+        both = threading.Barrier(2)  # each waits for the other: two threads, not one reused
+        for f in [pool.submit(both.wait, 10) for _ in range(2)]:
+            f.result()
+        loop.set_default_executor(pool)
         try:
             loop.run_until_complete(self._open())
         except BaseException as exc:
