@@ -26,7 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clip", default="project_video02")
     ap.add_argument("--docs", type=Path, default=REPO / "docs")
-    ap.add_argument("--frames", type=int, default=250)
+    ap.add_argument("--frames", type=int, default=400)
     args = ap.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -39,7 +39,8 @@ def main() -> None:
     from drivecap.web.feed import LiveFeed
     from drivecap.web.server import WebServer
 
-    cfg = load_config(REPO / "config.yaml", ["speech.backend=none", "output.window=false"])
+    # A shorter maximum caption age than the default (8 s) fills the timeline within a short run.
+    cfg = load_config(REPO / "config.yaml", ["speech.backend=none", "output.window=false", "gate.max_age_s=2.0"])
     clip = str(AssetStore().clip(args.clip))
     enc, cap = load_models(cfg)
     with enc, sync_playwright() as p, tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +63,7 @@ def main() -> None:
             t = threading.Thread(target=lambda: pipe.run(open_source(parse_source(clip), cfg.capture)))
             t.start()
             page.wait_for_function(
-                "window.drivecapStats.captions.length >= 2 && window.drivecapStats.painted > 60",
+                "window.drivecapStats.captions.length >= 3 && window.drivecapStats.painted > 100",
                 timeout=120000,
             )
             page.screenshot(path=str(args.docs / "web_live.png"))

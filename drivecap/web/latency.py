@@ -83,7 +83,8 @@ class _Load:
     def stop(self) -> None:
         if self._proc is None:
             return
-        out, _ = self._proc.communicate("stop\n", timeout=60)  # closing stdin ends it; it prints its figures
+        proc, self._proc = self._proc, None
+        out, _ = proc.communicate("stop\n", timeout=60)  # closing stdin ends it; it prints its figures
         with contextlib.suppress(ValueError, IndexError):
             res = json.loads(out.strip().splitlines()[-1])
             self.frames_seen, self.cycles = res["frames_seen"], res["cycles"]
@@ -188,12 +189,14 @@ def run_scenario(
         if server is not None and server.hub is not None:
             hub = server.hub
             if load is not None:
-                stalled = [c for c in hub.clients if c.kind == "mjpeg"]
+                # The stalled viewer connected first of the MJPEG clients (the churn ones come and go).
+                stalled = sorted((c for c in hub.clients if c.kind == "mjpeg"), key=lambda c: c.id)
                 result["stalled_client"] = (
                     {"sent": stalled[0].frames_sent, "dropped": stalled[0].frames_dropped}
                     if stalled
                     else None
                 )
+                load.stop()  # its figures come when it ends
                 result["ws_clients_frames_seen"] = list(load.frames_seen)
                 result["churn_cycles"] = load.cycles
             result["server"] = hub.totals()
