@@ -141,8 +141,9 @@ def test_live_page_during_a_real_replay_shows_its_captions_and_advancing_video(
     from drivecap.pipeline.sources import open_source, parse_source
     from drivecap.web.feed import LiveFeed
 
-    clip = write_short_clip(store, tmp_path / "live.mp4", 75, 2, 25.0, size=(480, 270))
-    cfg = _replay_cfg()
+    clip = write_short_clip(store, tmp_path / "live.mp4", 150, 2, 25.0, size=(480, 270))
+    # One encode per caption (no mirror view): on a busy shared machine a 6 s replay still gets captions.
+    cfg = _replay_cfg(["decoder.mirror_view=false"])
     enc, cap = load_models(cfg)
     feed = LiveFeed()
     with enc, WebServer("127.0.0.1", 0, feed=feed) as srv:
@@ -195,7 +196,8 @@ def test_live_page_during_a_real_replay_shows_its_captions_and_advancing_video(
         assert feed.frames_published == summary.frames_out > 0
         hub = srv.hub
         assert hub is not None
-        assert len([c for c in hub.clients if c.kind == "mjpeg"]) == 1  # still connected, still not reading
+        # The page's own stream and the stalled viewer, still connected, still not reading.
+        assert sum(c.kind == "mjpeg" for c in hub.clients) == 2
         stalled.close()
         assert not errors, errors
         page.close()

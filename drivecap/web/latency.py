@@ -5,8 +5,10 @@ One process, one loaded model, scenarios run back to back on the same clip in re
 - ``no server``: the pipeline alone (the reference fps_out);
 - ``ws`` / ``mjpeg``: the server and one headless Chromium page painting frames from the WebSocket, or from
   ``/stream.mjpg`` read by ``fetch()`` (the same painting code, only the transport differs);
-- ``load``: the WebSocket page plus 8 more WebSocket clients, one client that asks for MJPEG and never
-  reads, and 100 connect/disconnect cycles while the clip plays.
+- ``load``: the page (its default transport, MJPEG) plus 8 WebSocket clients, one client that asks for
+  MJPEG and never reads, and 100 connect/disconnect cycles while the clip plays (the viewers in a child
+  process); ``load, no browser``: the same viewers without Chromium, to tell the server's cost from the
+  browser's CPU.
 
 The page stamps each frame when it was painted (the animation frame after drawing it) against the frame's
 capture time, both Unix time on one machine (``Date.now()`` vs ``time.time()``; the page's clock-offset
@@ -48,7 +50,8 @@ SCENARIOS = (
     Scenario("no server", False, None),
     Scenario("ws", True, "ws"),
     Scenario("mjpeg", True, "mjpeg"),
-    Scenario("load", True, "ws", ws_clients=8, stalled=True, churn=100),
+    Scenario("load", True, "mjpeg", ws_clients=8, stalled=True, churn=100),
+    Scenario("load, no browser", True, None, ws_clients=8, stalled=True, churn=100),
 )
 
 
@@ -117,7 +120,7 @@ def run_scenario(
     try:
         if server is not None and sc.transport is not None and browser is not None:
             page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-            url = server.url + ("?transport=mjpeg" if sc.transport == "mjpeg" else "")
+            url = server.url + ("?transport=ws" if sc.transport == "ws" else "")
             page.goto(url)
             page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=30000)
         # The reference for "back to where they were": the server up with its one page, before the others.
@@ -255,7 +258,7 @@ def run_web_bench(
                 # Alternating order: a machine that gets busier during the run does not favour one side.
                 for sc in SCENARIOS if r % 2 == 0 else tuple(reversed(SCENARIOS)):
                     log.info("web bench round %d: %s", r + 1, sc.name)
-                    shot = screenshot if sc.name == "ws" and r == 0 else None
+                    shot = screenshot if sc.name == "mjpeg" and r == 0 else None
                     res = run_scenario(cfg, (enc, cap), clip, sc, seconds, shot, browser)
                     res["round"] = r + 1
                     results.append(res)

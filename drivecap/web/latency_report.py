@@ -7,7 +7,7 @@ from typing import Any
 
 from drivecap.metrics import percentile
 
-SCENARIO_ORDER = ("no server", "ws", "mjpeg", "load")
+SCENARIO_ORDER = ("no server", "ws", "mjpeg", "load", "load, no browser")
 
 
 def pcts(values: list[float]) -> dict[str, float | int]:
@@ -60,18 +60,22 @@ def verdict(pooled: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[st
     by = {r["scenario"]: r for r in pooled}
     out: dict[str, Any] = {}
     ws = by.get("ws", {})
-    if ws.get("browser_frames", {}).get("n"):
-        interval_ms = 1000.0 / ws["source_fps"]
-        bound = ws["glass_to_output"]["p50_ms"] + 2 * interval_ms
-        out["video_p50_ms"] = ws["browser_frames"]["p50_ms"]
+    page = by.get("mjpeg", {})  # the page's default transport
+    if page.get("browser_frames", {}).get("n"):
+        interval_ms = 1000.0 / page["source_fps"]
+        bound = page["glass_to_output"]["p50_ms"] + 2 * interval_ms
+        out["video_p50_ms"] = page["browser_frames"]["p50_ms"]
         out["video_bound_ms"] = round(bound, 1)
-        out["video_ok"] = ws["browser_frames"]["p50_ms"] <= bound
-    cap = ws.get("browser_caption_after_drawn", {})
+        out["video_ok"] = page["browser_frames"]["p50_ms"] <= bound
+    cap = page.get("browser_caption_after_drawn", {})
     if cap.get("n"):
         out["caption_p50_ms"] = cap["p50_ms"]
         out["caption_ok"] = cap["p50_ms"] <= 50.0
     load = by.get("load", {})
     base = by.get("no server", {})
+    bare = by.get("load, no browser", {})
+    if bare.get("fps_ratio") is not None:
+        out["load_no_browser_fps_ratio"] = bare["fps_ratio"]
     if load.get("fps_ratio") is not None:
         out["load_fps_ratio"] = load["fps_ratio"]
         out["load_fps_ok"] = load["fps_ratio"] >= 0.95
@@ -81,10 +85,9 @@ def verdict(pooled: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[st
             load["threads_before_after"][1] <= load["threads_before_after"][0]
             and load["fds_before_after"][1] <= load["fds_before_after"][0]
         )
-    mj = by.get("mjpeg", {})
-    if mj.get("browser_frames", {}).get("n") and ws.get("browser_frames", {}).get("n"):
+    if page.get("browser_frames", {}).get("n") and ws.get("browser_frames", {}).get("n"):
         out["mjpeg_vs_ws_video_p50"] = round(
-            mj["browser_frames"]["p50_ms"] / ws["browser_frames"]["p50_ms"], 3
+            page["browser_frames"]["p50_ms"] / ws["browser_frames"]["p50_ms"], 3
         )
     out["load_runs_fps_ratios"] = [r["fps_ratio"] for r in runs if r["scenario"] == "load"]
     return out

@@ -1,5 +1,6 @@
-// drivecap live page: frames and events over one WebSocket, painted on a canvas; latency measured here.
-// Each frame message = 2-byte header length + JSON header {i, capture, output, encoded (Unix s)} + JPEG.
+// drivecap live page: frames painted on a canvas from /stream.mjpg (or the WebSocket), events over the
+// WebSocket; latency measured here. A WebSocket frame message = 2-byte header length + JSON header
+// {i, capture, output, encoded (Unix s)} + JPEG; an MJPEG part carries the same in X- headers.
 // The clock offset to the server comes from ping/pong (NTP-style midpoint), so the figures hold on a
 // phone too; on the same machine the offset is ~0.
 "use strict";
@@ -104,9 +105,9 @@
     onFrameParts(head, new Blob([new Uint8Array(buf, 2 + n)], { type: "image/jpeg" }));
   }
 
-  // ?transport=mjpeg: the same painting path fed from /stream.mjpg through fetch(), parts split by their
-  // Content-Length; used by `drivecap bench` to compare the two transports in one browser. Events then
-  // come over a video-less WebSocket.
+  // Video from /stream.mjpg read with fetch(), parts split by their Content-Length, frame index and capture
+  // time from each part's headers; events over a video-less WebSocket. `drivecap bench --web` measured
+  // this painting sooner than JPEG frames over the WebSocket (docs/web.md); ?transport=ws keeps that path.
   async function readMjpeg() {
     const resp = await fetch("/stream.mjpg", { credentials: "same-origin", cache: "no-store" });
     const reader = resp.body.getReader();
@@ -139,9 +140,12 @@
     else paint(head, blob);
   }
 
-  const transport = new URLSearchParams(location.search).get("transport") === "mjpeg" ? "mjpeg" : "ws";
+  const transport = new URLSearchParams(location.search).get("transport") === "ws" ? "ws" : "mjpeg";
   stats.transport = transport;
-  if (transport === "mjpeg") readMjpeg().catch(() => { conn.textContent = "stream ended"; });
+  function startMjpeg() {
+    readMjpeg().catch(() => {}).finally(() => setTimeout(startMjpeg, 1000));  // the server went: retry
+  }
+  if (transport === "mjpeg") startMjpeg();
 
   function connect() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
