@@ -10,6 +10,9 @@ EXTRAS="${DRIVECAP_EXTRAS:-dev,train,fleet}"
 APT_PACKAGES=""
 command -v espeak-ng >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES espeak-ng"
 command -v aplay >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES alsa-utils"
+# Debian's Chromium: the web tests and `drivecap bench --web` drive it headless through Playwright (whose own
+# browser download is not reachable from these machines).
+[ -x /usr/bin/chromium ] || APT_PACKAGES="$APT_PACKAGES chromium"
 if [ -n "$APT_PACKAGES" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         echo "== installing$APT_PACKAGES (apt)"
@@ -17,7 +20,7 @@ if [ -n "$APT_PACKAGES" ]; then
         # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
     else
-        echo "!! missing system packages:$APT_PACKAGES (sudo apt-get install$APT_PACKAGES) for spoken captions" >&2
+        echo "!! missing system packages:$APT_PACKAGES (sudo apt-get install$APT_PACKAGES) for spoken captions and the web tests" >&2
     fi
 fi
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from drivecap.config import Config
+from drivecap.web.options import add_serve_args, live_server
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N output frames")
     p.add_argument("--show", action="store_true", help="also show a window (where a display exists)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_serve_args(p)
     p.set_defaults(func=run)
 
 
@@ -58,12 +60,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from tqdm import tqdm
 
     from drivecap.errors import ConfigError
+    from drivecap.metrics import LatencyRecorder
     from drivecap.pipeline.inference import load_models
     from drivecap.pipeline.replay import replay_config, replay_file
     from drivecap.pipeline.runner import safe_name
     from drivecap.pipeline.sources import CaptureError, parse_source
 
     mode = args.mode or cfg.replay.mode
+    if args.serve and mode != "realtime":
+        raise ConfigError(f"--serve shows a run as it happens: add --mode realtime (replay.mode is {mode})")
     if args.max_frames is not None and args.max_frames < 1:  # would end at once with empty outputs
         raise ConfigError(f"--max-frames {args.max_frames} is not allowed: use 1 or more")
     if args.stride is not None:
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     name = safe_name(spec.name, "replay")
     out_dir: Path = args.out
     enc, captioner = load_models(cfg)
-    with enc:
+    metrics = LatencyRecorder()
+    with enc, live_server(args, metrics) as feed:
         bar = tqdm(
             unit="frame",
             desc=f"replay {name} ({mode})",
@@ -109,6 +115,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 window=args.show,
                 on_total=set_total,
                 on_frame=lambda n: bar.update(n),
+                metrics=metrics,
+                live=feed,
             )
         finally:
             bar.close()

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from drivecap.config import Config, to_dict
 from drivecap.frames import Frame
@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 
 
 MODES = ("live", "realtime", "offline")
+
+
+class LiveSink(Protocol):
+    """Where a live view takes frames and events from (:class:`drivecap.web.feed.LiveFeed`): both calls
+    return at once, from the output loop's thread."""
+
+    def publish_frame(self, image: Any, index: int, t_capture: float, t_source: float) -> None: ...
+
+    def publish_event(self, ev: dict[str, Any], t_shown: float | None = None) -> None: ...
 
 
 @dataclass
@@ -60,6 +69,7 @@ class PipelineCore:
         on_frame: Callable[[int], object] | None = None,
         on_caption: Callable[[CaptionEvent], None] | None = None,
         metrics: LatencyRecorder | None = None,
+        live: LiveSink | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
@@ -75,6 +85,9 @@ class PipelineCore:
         self.on_caption = on_caption
         # A caller may pass its own recorder (the benchmark's also keeps when each sample was taken).
         self.metrics = metrics if metrics is not None else LatencyRecorder()
+        # The web server's newest-frame slot (drivecap.web.feed.LiveFeed): handed every output frame and
+        # event; it never blocks (the server encodes and sends in its own thread).
+        self.live = live
         self._stop = threading.Event()
         self.interrupted = False  # stop() was asked for (Ctrl-C, window closed), not end of input or a limit
         self._error: BaseException | None = None
@@ -128,9 +141,11 @@ class PipelineCore:
         if "thumbs" in sinks:
             sinks["thumbs"].write(number, image)
 
-    def _event(self, ev: dict[str, Any]) -> None:
+    def _event(self, ev: dict[str, Any], t_shown: float | None = None) -> None:
         if self.events is not None:
             self.events.write(ev)
+        if self.live is not None:
+            self.live.publish_event(ev, t_shown)
 
     def _start_event(self, source: Source, summary: RunSummary) -> None:
         ev: dict[str, Any] = {
@@ -246,6 +261,10 @@ class PipelineCore:
         if win.quit_requested:
             self.stop()
         self.metrics.since("write", t1)
+        # Glass-to-output: capture to the frame written by every output (the web page's reference).
+        self.metrics.since("glass_to_output", frame.t_capture)
+        if self.live is not None:
+            self.live.publish_frame(frame.image, frame.index, frame.t_capture, t)
         return t1
 
     # -- live / realtime: capture thread, inference worker, output loop here

@@ -40,10 +40,13 @@ def replay_file(
     on_total: Callable[[int | None], object] | None = None,
     on_frame: Callable[[int], object] | None = None,
     handle_signals: bool = True,
+    metrics: Any = None,
+    live: Any = None,
 ) -> RunSummary:
     """Replays ``source_spec`` (a file or image folder) into ``out_dir/<name>.*`` (mp4, srt, vtt, jsonl,
     summary.json); returns the run summary. ``on_total`` gets the declared frame count before the run.
-    ``handle_signals=False`` where the process is not the user's (a Ray worker): Ctrl-C is the driver's."""
+    ``handle_signals=False`` where the process is not the user's (a Ray worker): Ctrl-C is the driver's.
+    ``metrics`` and ``live`` (a web feed, ``--serve``) are handed to the pipeline as they are."""
     replay_config(cfg)
     spec = parse_source(source_spec) if isinstance(source_spec, str) else source_spec
     if spec.live:
@@ -67,6 +70,8 @@ def replay_file(
         mode=mode,
         max_frames=max_frames,
         on_frame=on_frame,
+        metrics=metrics,
+        live=live,
     )
     with sigint_stops(pipe) if handle_signals else contextlib.nullcontext():
         summary = pipe.run(source)
