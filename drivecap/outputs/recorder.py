@@ -1,0 +1,419 @@
+"""The dashcam recorder: H.264 in fragmented MP4 through PyAV, with spoken captions (AAC) and subtitles
+(mov_text) inside the file.
+
+Why fragmented: a plain MP4 writes its index (moov) when it is closed, so a power cut or SIGKILL leaves an
+unreadable file. With ``frag_keyframe+empty_moov+default_base_moof`` every keyframe starts a fragment that
+carries its own index; a killed recording decodes up to its last complete fragment. The keyframe interval
+(``keyint_s``) is therefore the amount of video a crash may lose, and what it costs in file size.
+
+The three tracks are fed in step so that FFmpeg's interleaver never holds much in memory (it waits for a
+packet of every stream before it writes): audio is encoded in blocks a fixed ``audio_lag_s`` behind the
+video, and the subtitle track gets a sample in every fragment (a blank one when no caption is shown). Two mov_text samples must never touch: FFmpeg 8's MP4 muxer aborts the whole process (an
+assertion in movenc.c) on a cue that starts exactly where the previous one ended while fragmenting, so
+every piece ends ``_SUB_GAP_MS`` before the next one starts (the muxer fills the gap with an empty sample).
+
+Requires PyAV (``pip install 'drivecap[record]'``): its wheels bundle FFmpeg with libx264 (GPL) and the
+native AAC and mov_text encoders.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from drivecap.errors import DrivecapError
+from drivecap.outputs.audio import AudioTimeline
+
+log = logging.getLogger(__name__)
+
+Image = npt.NDArray[np.uint8]
+
+CODECS = ("h264", "mp4v")
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+_SUB_TB = Fraction(1, 1000)
+_SUB_GAP_MS = 1
+_AAC_BLOCK = 1024  # samples per AAC frame
+
+# A minimal ASS header: FFmpeg's mov_text encoder refuses to open without one (it parses styles from it).
+_ASS_HEADER = (
+    b"[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n[V4+ Styles]\n"
+    b"Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, "
+    b"Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, "
+    b"MarginL, MarginR, MarginV, Encoding\n"
+    b"Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0\n\n"
+    b"[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n"
+)
+
+
+class RecorderError(DrivecapError):
+    """The recording cannot be written (disk full, folder gone, PyAV missing)."""
+
+
+def pyav_available() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class H264Settings:
+    """x264 knobs. ``threads`` 0 lets x264 choose; frame threads add a frame of delay each."""
+
+    preset: str = "superfast"
+    crf: int = 23
+    keyint_s: float = 1.0
+    threads: int = 0
+    zerolatency: bool = False
+
+
+def _av_error_types() -> tuple[type[BaseException], ...]:
+    import av
+
+    return (av.FFmpegError, OSError)
+
+
+class Recorder:
+    """One fragmented MP4: H.264 video, optional AAC speech track, optional mov_text subtitle track.
+
+    ``write``/``write_at`` as the mp4v ``VideoSink`` (every frame, repeats to fill live gaps; opened on the
+    first frame, whose size decides the video's); ``show(text, t)`` is the caption current at ``t``
+    (seconds on the video's timeline); ``audio`` (when enabled) is the timeline utterances are placed on.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fps: float,
+        settings: H264Settings | None = None,
+        *,
+        audio: bool = False,
+        audio_rate: int = 22050,
+        audio_lag_s: float = 0.5,
+        subtitles: bool = True,
+        verify: bool = True,
+    ) -> None:
+        if not pyav_available():
+            raise RecorderError(
+                "video.codec=h264 needs PyAV: pip install 'drivecap[record]' (or set video.codec=mp4v)"
+            )
+        self.path = Path(path)
+        self.fps = fps if fps > 0 else 25.0
+        self.settings = settings or H264Settings()
+        if self.settings.preset not in PRESETS:
+            raise RecorderError(f"x264 preset {self.settings.preset!r} not in {', '.join(PRESETS)}")
+        self.audio = AudioTimeline(audio_rate) if audio else None
+        self.audio_lag_s = audio_lag_s
+        self.subtitles = subtitles
+        self.verify = verify
+        self.frames = 0
+        self.filled = 0
+        self.sub_samples = 0  # mov_text samples with text
+        self.failed: str | None = None  # why writing stopped (disk full ...), or None
+        self._out: Any = None
+        self._v: Any = None
+        self._a: Any = None
+        self._s: Any = None
+        self._size: tuple[int, int] | None = None
+        self.keyint = 1
+        self._rate = Fraction(self.fps).limit_denominator(1001)
+        self._piece: tuple[str, int] | None = None  # (text, start ms) of the open subtitle piece
+        self._sub_end_ms = -_SUB_GAP_MS  # where the last written piece ended
+
+    # ------------------------------------------------------------------------------------------ open
+
+    def _open(self, w: int, h: int) -> None:
+        import av
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        keyint = max(1, round(s.keyint_s * self.fps))
+        self.keyint = keyint
+        try:
+            out = av.open(
+                str(self.path),
+                "w",
+                format="mp4",
+                # Interleaving holds packets until every stream has one; cap it so a quiet track cannot
+                # make the muxer sit on more than a fragment or two of video (what a crash would lose).
+                options={"movflags": MOVFLAGS, "max_interleave_delta": "1500000"},
+            )
+            opts = {"preset": s.preset, "crf": str(s.crf), "sc_threshold": "0"}
+            if s.zerolatency:
+                opts["tune"] = "zerolatency"
+            v = out.add_stream("libx264", rate=self._rate, options=opts)
+            v.width, v.height, v.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+            v.codec_context.gop_size = keyint
+            v.codec_context.thread_count = s.threads
+            if self.audio is not None:
+                self._a = out.add_stream("aac", rate=self.audio.rate, layout="mono")
+                self._a.codec_context.bit_rate = 48_000
+            if self.subtitles:
+                self._s = out.add_stream("mov_text")
+                self._s.codec_context.subtitle_header = _ASS_HEADER
+                self._s.codec_context.time_base = _SUB_TB
+        except _av_error_types() as exc:
+            raise RecorderError(
+                f"cannot write video {self.path} ({_why(exc)}); is the folder writable?"
+            ) from None
+        self._out, self._v = out, v
+        self._size = (w, h)
+
+    # ------------------------------------------------------------------------------------------ video
+
+    def write(self, frame: Image) -> None:
+        """Appends ``frame`` (BGR) as the next picture."""
+        if self.failed is not None:
+            return
+        import cv2
+
+        h, w = frame.shape[:2]
+        if self._out is None:
+            self._open(w, h)
+        elif (w, h) != self._size:
+            # A stream that changes size mid-way (a reconnect to another resolution) is scaled to the first.
+            assert self._size is not None
+            frame = np.asarray(cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+            h, w = frame.shape[:2]
+        if w % 2 or h % 2:  # 4:2:0 needs even sizes: repeat the last row / column
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        # OpenCV's BGR->I420 is limited-range BT.601 like swscale's default, and ~10x cheaper here.
+        yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420)
+        self._write_yuv(np.ascontiguousarray(yuv))
+
+    def _write_yuv(self, yuv: npt.NDArray[np.uint8]) -> None:
+        import av
+
+        vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        vf.pts = self.frames
+        vf.time_base = 1 / self._rate
+        if self._s is not None:
+            self._tick_subtitles(self.frames)
+            if self.failed is not None:
+                return
+        try:
+            self._mux(self._v.encode(vf))
+            self.frames += 1
+            self._feed_side_tracks(self.frames / self.fps)
+        except _av_error_types() as exc:
+            self._fail(exc)
+
+    def write_at(self, frame: Image, t: float) -> int:
+        """Writes ``frame`` as the picture at ``t`` (s from the start), repeated to fill dropped live frames
+        so the video stays in step with the subtitles. Returns frames written."""
+        target = max(self.frames + 1, round(t * self.fps) + 1)
+        n = 0
+        while self.frames < target and self.failed is None:
+            self.write(frame)
+            n += 1
+        self.filled += max(0, n - 1)
+        return n
+
+    @property
+    def t_video(self) -> float:
+        """Seconds of video written so far."""
+        return self.frames / self.fps
+
+    def _mux(self, packets: Any) -> None:
+        for p in packets:
+            self._out.mux(p)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Writing failed (disk full, device gone): stop this file with one warning, keep what is written."""
+        self.failed = _why(exc)
+        log.warning("recording %s stopped: %s", self.path, self.failed)
+        out, self._out = self._out, None
+        if out is not None:
+            try:
+                out.close()
+            except Exception:  # the same full disk: what was written before stays decodable (fragments)
+                log.debug("closing %s after a write error failed too", self.path, exc_info=True)
+
+    # ------------------------------------------------------------------------------------------ audio
+
+    def _feed_side_tracks(self, t: float) -> None:
+        if self._a is not None and self.audio is not None:
+            target = int((t - self.audio_lag_s) * self.audio.rate)
+            while self.audio.written + _AAC_BLOCK <= target:
+                self._encode_audio(self.audio.render(_AAC_BLOCK))
+
+    def _encode_audio(self, pcm: npt.NDArray[np.float32]) -> None:
+        import av
+
+        assert self.audio is not None
+        af = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="fltp", layout="mono")
+        af.sample_rate = self.audio.rate
+        af.pts = self.audio.written - len(pcm)
+        af.time_base = Fraction(1, self.audio.rate)
+        self._mux(self._a.encode(af))
+
+    # ------------------------------------------------------------------------------------------ subtitles
+
+    def show(self, text: str | None, t: float) -> None:
+        """The caption on screen at ``t`` (s on the video's timeline); None or "" for none."""
+        if not self.subtitles:
+            return
+        text = " ".join((text or "").split())  # one line: mov_text has no cue syntax to break
+        t_ms = round(t * 1000)
+        cur = self._piece[0] if self._piece else None
+        if self._piece is None or text != cur:
+            self._end_piece(t_ms)
+            self._piece = (text, max(t_ms, self._sub_end_ms + _SUB_GAP_MS))
+
+    def _tick_subtitles(self, n: int) -> None:
+        """Before video frame ``n``: at a keyframe the open piece is cut, so no subtitle sample spans two
+        fragments (FFmpeg's fragmenting MP4 muxer miscounts such a sample's duration and can abort), and the
+        subtitle track, like the video, is complete up to the last fragment."""
+        if n % self.keyint:
+            return
+        k_ms = math.ceil(n * 1000 / self.fps)  # not before the keyframe itself: the piece must start in it
+        text = self._piece[0] if self._piece else ""
+        self._end_piece(k_ms)
+        self._piece = (text, max(k_ms, self._sub_end_ms + _SUB_GAP_MS))
+
+    def _end_piece(self, t_ms: int) -> None:
+        if self._piece is None or self._s is None or self._out is None:
+            return
+        import av
+
+        text, start = self._piece
+        end = t_ms - _SUB_GAP_MS
+        self._piece = None
+        if end <= start:
+            return
+        # "No caption" is a one-space sample, not none: the interleaver waits for a packet of every stream
+        # before writing any, so a silent subtitle track would hold back the video (what a crash loses); and
+        # an empty (length 0) sample of our own trips the same movenc assertion as touching cues.
+        data = (text or " ").encode("utf-8")[:65535]
+        pkt = av.Packet(struct.pack(">H", len(data)) + data)
+        pkt.stream = self._s
+        pkt.time_base = _SUB_TB
+        pkt.pts = pkt.dts = start
+        pkt.duration = end - start
+        try:
+            self._out.mux(pkt)
+        except _av_error_types() as exc:
+            self._fail(exc)
+            return
+        self._sub_end_ms = end
+        if text:
+            self.sub_samples += 1
+
+    # ------------------------------------------------------------------------------------------ close
+
+    def close(self) -> None:
+        """Flushes the encoders and closes the file; raises RecorderError if it cannot be completed."""
+        out = self._out
+        if out is None:
+            return
+        try:
+            if self.audio is not None and self._a is not None:
+                # Audio up to the end of the video (and no further: a player would show a frozen picture).
+                end = int(self.t_video * self.audio.rate)
+                while self.audio.written < end:
+                    self._encode_audio(self.audio.render(min(_AAC_BLOCK, end - self.audio.written)))
+                self._mux(self._a.encode(None))
+            if self._s is not None:
+                self._end_piece(round(self.t_video * 1000))
+            self._mux(self._v.encode(None))
+            if self._out is not None:
+                self._out = None
+                out.close()
+        except _av_error_types() as exc:
+            self._fail(exc)
+        self._out = None
+        if self.failed is not None:
+            raise RecorderError(f"video {self.path} could not be completed ({self.failed})")
+        log.info("wrote %s (%d frames)", self.path, self.frames)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _why(exc: BaseException) -> str:
+    err = getattr(exc, "errno", None)
+    if isinstance(err, int) and err > 0:
+        return os.strerror(err)
+    return str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+
+
+# --------------------------------------------------------------------------------------------- reading back
+
+
+@dataclass
+class Probe:
+    """What a recording holds when read back with PyAV (used by the tests and the crash checks)."""
+
+    video_frames: int
+    last_video_s: float
+    audio_s: float
+    subtitle_texts: list[str]
+    streams: list[str]
+    width: int = 0
+    height: int = 0
+
+
+def probe(path: str | os.PathLike[str], decode: bool = True) -> Probe:
+    """Demuxes (and decodes the video of) ``path``; stops quietly at the first damaged packet, as a player
+    would, so a killed recording reports what is playable in it. Raises RecorderError if nothing is."""
+    import av
+
+    frames, last, audio_s = 0, 0.0, 0.0
+    subs: list[str] = []
+    try:
+        c = av.open(str(path))
+    except _av_error_types() as exc:
+        raise RecorderError(f"{path} does not open as a video ({_why(exc)})") from None
+    with c:
+        streams = [f"{s.type}:{s.codec_context.name}" for s in c.streams]
+        vs = c.streams.video[0] if c.streams.video else None
+        width, height = (vs.codec_context.width, vs.codec_context.height) if vs is not None else (0, 0)
+        try:
+            for pkt in c.demux():
+                st = pkt.stream
+                if st.type == "video" and decode:
+                    for f in pkt.decode():
+                        frames += 1
+                        ft = getattr(f, "time", None)
+                        if ft is not None:
+                            last = max(last, float(ft))
+                elif st.type == "video" and pkt.size and pkt.pts is not None and pkt.time_base:
+                    frames += 1
+                    last = max(last, float(pkt.pts * pkt.time_base))
+                elif st.type == "audio" and pkt.pts is not None and pkt.time_base and pkt.duration:
+                    audio_s = max(audio_s, float((pkt.pts + pkt.duration) * pkt.time_base))
+                elif st.type == "subtitle" and pkt.size > 2:
+                    raw = bytes(pkt)
+                    (n,) = struct.unpack(">H", raw[:2])
+                    text = raw[2 : 2 + n].decode("utf-8", "replace").strip()
+                    if text:
+                        subs.append(text)
+            if decode and vs is not None:
+                for f in vs.codec_context.decode(None):
+                    frames += 1
+                    if f.time is not None:
+                        last = max(last, float(f.time))
+        except av.EOFError:
+            pass
+        except _av_error_types() as exc:
+            log.info("%s: reading stopped at a damaged packet (%s)", path, _why(exc))
+    if frames == 0:
+        raise RecorderError(f"{path} holds no decodable video frame")
+    return Probe(frames, last, audio_s, subs, streams, width, height)
