@@ -8,7 +8,7 @@ carries its own index; a killed recording decodes up to its last complete fragme
 
 The three tracks are fed in step so that FFmpeg's interleaver never holds much in memory (it waits for a
 packet of every stream before it writes): audio is encoded in blocks a fixed ``audio_lag_s`` behind the
-video, and the subtitle track gets a sample in every fragment (a blank one when no caption is shown). Two mov_text samples must never touch: FFmpeg 8's MP4 muxer aborts the whole process (an
+video, and the subtitle track gets a sample every ``piece_s`` (a blank one when no caption is shown). Two mov_text samples must never touch: FFmpeg 8's MP4 muxer aborts the whole process (an
 assertion in movenc.c) on a cue that starts exactly where the previous one ended while fragmenting, so
 every piece ends ``_SUB_GAP_MS`` before the next one starts (the muxer fills the gap with an empty sample).
 
@@ -101,7 +101,8 @@ class Recorder:
         *,
         audio: bool = False,
         audio_rate: int = 22050,
-        audio_lag_s: float = 0.5,
+        audio_lag_s: float = 0.2,
+        piece_s: float = 0.2,
         subtitles: bool = True,
         verify: bool = True,
     ) -> None:
@@ -116,6 +117,7 @@ class Recorder:
             raise RecorderError(f"x264 preset {self.settings.preset!r} not in {', '.join(PRESETS)}")
         self.audio = AudioTimeline(audio_rate) if audio else None
         self.audio_lag_s = audio_lag_s
+        self._piece_frames = max(1, round(piece_s * self.fps))
         self.subtitles = subtitles
         self.verify = verify
         self.frames = 0
@@ -148,7 +150,7 @@ class Recorder:
                 format="mp4",
                 # Interleaving holds packets until every stream has one; cap it so a quiet track cannot
                 # make the muxer sit on more than a fragment or two of video (what a crash would lose).
-                options={"movflags": MOVFLAGS, "max_interleave_delta": "1500000"},
+                options={"movflags": MOVFLAGS, "max_interleave_delta": "1500000", "flush_packets": "1"},
             )
             opts = {"preset": s.preset, "crf": str(s.crf), "sc_threshold": "0"}
             if s.zerolatency:
@@ -273,10 +275,11 @@ class Recorder:
             self._piece = (text, max(t_ms, self._sub_end_ms + _SUB_GAP_MS))
 
     def _tick_subtitles(self, n: int) -> None:
-        """Before video frame ``n``: at a keyframe the open piece is cut, so no subtitle sample spans two
-        fragments (FFmpeg's fragmenting MP4 muxer miscounts such a sample's duration and can abort), and the
-        subtitle track, like the video, is complete up to the last fragment."""
-        if n % self.keyint:
+        """Before video frame ``n``: the open piece is cut at every keyframe, so no subtitle sample spans
+        two fragments (FFmpeg's fragmenting MP4 muxer miscounts such a sample's duration and can abort), and
+        every ``piece_s`` within a fragment, because a piece reaches the interleaver only when it ends and
+        the interleaver holds the video back until it has (what a crash would lose)."""
+        if n % self.keyint and (n % self.keyint) % self._piece_frames:
             return
         k_ms = math.ceil(n * 1000 / self.fps)  # not before the keyframe itself: the piece must start in it
         text = self._piece[0] if self._piece else ""
