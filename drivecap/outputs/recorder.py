@@ -104,7 +104,7 @@ class Recorder:
         audio_lag_s: float = 0.2,
         piece_s: float = 0.2,
         subtitles: bool = True,
-        verify: bool = True,
+        strict: bool = True,
     ) -> None:
         if not pyav_available():
             raise RecorderError(
@@ -119,7 +119,7 @@ class Recorder:
         self.audio_lag_s = audio_lag_s
         self._piece_frames = max(1, round(piece_s * self.fps))
         self.subtitles = subtitles
-        self.verify = verify
+        self.strict = strict
         self.frames = 0
         self.filled = 0
         self.sub_samples = 0  # mov_text samples with text
@@ -182,8 +182,10 @@ class Recorder:
         import cv2
 
         h, w = frame.shape[:2]
-        if self._out is None:
+        if self._size is None:
             self._open(w, h)
+            if self.failed is not None:
+                return
         elif (w, h) != self._size:
             # A stream that changes size mid-way (a reconnect to another resolution) is scaled to the first.
             assert self._size is not None
@@ -233,10 +235,17 @@ class Recorder:
             self._out.mux(p)
 
     def _fail(self, exc: BaseException) -> None:
-        """Writing failed (disk full, device gone): stop this file with one warning, keep what is written."""
+        """Writing failed (disk full, device gone): stop this file, keep what is written (its fragments
+        decode). ``strict`` (one file per drive) raises the one-line error; otherwise ``failed`` says why
+        and the caller (the segment recorder) warns and goes on with the next segment."""
         self.failed = _why(exc)
-        log.warning("recording %s stopped: %s", self.path, self.failed)
         out, self._out = self._out, None
+        self._close_quietly(out)
+        if self.strict:
+            raise RecorderError(f"cannot write video {self.path} ({self.failed})")
+        log.info("recording %s stopped: %s", self.path, self.failed)  # the segment recorder warns
+
+    def _close_quietly(self, out: Any) -> None:
         if out is not None:
             try:
                 out.close()

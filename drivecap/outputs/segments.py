@@ -181,7 +181,7 @@ class SegmentRecorder:
             kept.append(s)
         known = {s.file for s in kept}
         for p in sorted(self.folder.glob("*.mp4")):
-            if p.name in known:
+            if p.name in known or not p.is_file():  # only regular files are recordings
                 continue
             s = Segment(p.name, _utc_from_name(p.name), 0.0, state="recovered", run="?")
             if self._probe_into(s, p):
@@ -247,7 +247,9 @@ class SegmentRecorder:
         now = dt.datetime.fromtimestamp(self.clock(), tz=dt.UTC)
         stem = now.strftime("%Y%m%dT%H%M%SZ")
         name, n = f"{stem}.mp4", 1
-        while (self.folder / name).exists() or self.index.get(name) is not None:
+        # A name taken by a regular file or the index is skipped; anything else there (a device, a dangling
+        # link) is where the user pointed the file, and a write error then tells them.
+        while (self.folder / name).is_file() or self.index.get(name) is not None:
             name, n = f"{stem}-{n}.mp4", n + 1
         return name, now.isoformat(timespec="milliseconds")
 
@@ -281,6 +283,7 @@ class SegmentRecorder:
             audio=self.audio,
             audio_rate=self.audio_rate,
             subtitles=self.subtitles,
+            strict=False,
         )
         if self._text:
             self.current.show(self._text, 0.0)
@@ -306,7 +309,11 @@ class SegmentRecorder:
             return
         try:
             rec.close()
-            seg.state = "complete"
+            if rec.failed is None:
+                seg.state = "complete"
+            elif seg.state != "cut":
+                seg.state = "cut"
+                self._segment_failed(seg, rec.failed)
         except RecorderError as exc:
             if seg.state != "cut":
                 seg.state = "cut"
