@@ -243,3 +243,46 @@ def test_a_full_disk_in_a_loop_segment_warns_and_stops_writing(
 def test_unknown_preset_is_refused() -> None:
     with pytest.raises(RecorderError, match="preset 'turbo'"):
         Recorder("x.mp4", FPS, H264Settings(preset="turbo"))
+
+
+@pytest.mark.slow
+def test_the_recording_plays_in_headless_chromium_with_its_audio(
+    frames: list[np.ndarray], speech_wav: Path, tmp_path: Path
+) -> None:
+    """Debian's chromium, driven by Playwright: readyState 4, time advancing, the audio track decoded."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is installed by scripts/setup.sh (apt-get install chromium); it is missing here")
+    path = tmp_path / "drive.mp4"
+    with Recorder(path, FPS, H264Settings(preset="ultrafast"), audio=True) as rec:
+        assert rec.audio is not None
+        rec.audio.add(read_wav(speech_wav, 22050), 0.1)
+        for i, img in enumerate(frames):
+            rec.show("car ahead", i / FPS)
+            rec.write(img)
+    page_file = tmp_path / "play.html"
+    page_file.write_text(f'<html><body><video id="v" src="{path.name}" autoplay></video></body></html>')
+    state = (
+        "(() => { const v = document.getElementById('v'); return {ready: v.readyState, t: v.currentTime, "
+        "error: v.error ? v.error.code : null, audio: v.webkitAudioDecodedByteCount} })()"
+    )
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(page_file.as_uri())
+            page.wait_for_function(
+                "(() => { const v = document.getElementById('v'); return v.error || (v.readyState >= 4 "
+                "&& v.currentTime > 0.5) })()",
+                timeout=30_000,
+            )
+            s = page.evaluate(state)
+        finally:
+            browser.close()
+    assert s["error"] is None, s  # mp4v gives MEDIA_ERR_SRC_NOT_SUPPORTED (4) here
+    assert s["ready"] == 4 and s["t"] > 0.5
+    assert s["audio"] > 0, s  # the AAC track is there and Chromium decodes it
