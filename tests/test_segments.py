@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from drivecap.assets import AssetStore
-from drivecap.outputs.recorder import H264Settings, probe
-from drivecap.outputs.segments import INDEX, SegmentRecorder, check_folder
+from drivecap.outputs.probe import probe
+from drivecap.outputs.recorder import H264Settings
+from drivecap.outputs.segment_index import INDEX, check_folder
+from drivecap.outputs.segments import SegmentRecorder
 
 FPS = 25.0
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z

@@ -31,8 +31,8 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from drivecap.errors import DrivecapError
 from drivecap.outputs.audio import AudioTimeline
+from drivecap.outputs.base import SinkError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ _ASS_HEADER = (
 )
 
 
-class RecorderError(DrivecapError):
+class RecorderError(SinkError):
     """The recording cannot be written (disk full, folder gone, PyAV missing)."""
 
 
@@ -79,7 +79,7 @@ class H264Settings:
     zerolatency: bool = False
 
 
-def _av_error_types() -> tuple[type[BaseException], ...]:
+def av_error_types() -> tuple[type[BaseException], ...]:
     import av
 
     return (av.FFmpegError, OSError)
@@ -166,9 +166,9 @@ class Recorder:
                 self._s = out.add_stream("mov_text")
                 self._s.codec_context.subtitle_header = _ASS_HEADER
                 self._s.codec_context.time_base = _SUB_TB
-        except _av_error_types() as exc:
+        except av_error_types() as exc:
             raise RecorderError(
-                f"cannot write video {self.path} ({_why(exc)}); is the folder writable?"
+                f"cannot write video {self.path} ({why(exc)}); is the folder writable?"
             ) from None
         self._out, self._v = out, v
         self._size = (w, h)
@@ -211,7 +211,7 @@ class Recorder:
             self._mux(self._v.encode(vf))
             self.frames += 1
             self._feed_side_tracks(self.frames / self.fps)
-        except _av_error_types() as exc:
+        except av_error_types() as exc:
             self._fail(exc)
 
     def write_at(self, frame: Image, t: float) -> int:
@@ -238,7 +238,7 @@ class Recorder:
         """Writing failed (disk full, device gone): stop this file, keep what is written (its fragments
         decode). ``strict`` (one file per drive) raises the one-line error; otherwise ``failed`` says why
         and the caller (the segment recorder) warns and goes on with the next segment."""
-        self.failed = _why(exc)
+        self.failed = why(exc)
         out, self._out = self._out, None
         self._close_quietly(out)
         if self.strict:
@@ -316,7 +316,7 @@ class Recorder:
         pkt.duration = end - start
         try:
             self._out.mux(pkt)
-        except _av_error_types() as exc:
+        except av_error_types() as exc:
             self._fail(exc)
             return
         self._sub_end_ms = end
@@ -343,7 +343,7 @@ class Recorder:
             if self._out is not None:
                 self._out = None
                 out.close()
-        except _av_error_types() as exc:
+        except av_error_types() as exc:
             self._fail(exc)
         self._out = None
         if self.failed is not None:
@@ -359,73 +359,8 @@ class Recorder:
         self.close()
 
 
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
     err = getattr(exc, "errno", None)
     if isinstance(err, int) and err > 0:
         return os.strerror(err)
     return str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
-
-
-# --------------------------------------------------------------------------------------------- reading back
-
-
-@dataclass
-class Probe:
-    """What a recording holds when read back with PyAV (used by the tests and the crash checks)."""
-
-    video_frames: int
-    last_video_s: float
-    audio_s: float
-    subtitle_texts: list[str]
-    streams: list[str]
-    width: int = 0
-    height: int = 0
-
-
-def probe(path: str | os.PathLike[str], decode: bool = True) -> Probe:
-    """Demuxes (and decodes the video of) ``path``; stops quietly at the first damaged packet, as a player
-    would, so a killed recording reports what is playable in it. Raises RecorderError if nothing is."""
-    import av
-
-    frames, last, audio_s = 0, 0.0, 0.0
-    subs: list[str] = []
-    try:
-        c = av.open(str(path))
-    except _av_error_types() as exc:
-        raise RecorderError(f"{path} does not open as a video ({_why(exc)})") from None
-    with c:
-        streams = [f"{s.type}:{s.codec_context.name}" for s in c.streams]
-        vs = c.streams.video[0] if c.streams.video else None
-        width, height = (vs.codec_context.width, vs.codec_context.height) if vs is not None else (0, 0)
-        try:
-            for pkt in c.demux():
-                st = pkt.stream
-                if st.type == "video" and decode:
-                    for f in pkt.decode():
-                        frames += 1
-                        ft = getattr(f, "time", None)
-                        if ft is not None:
-                            last = max(last, float(ft))
-                elif st.type == "video" and pkt.size and pkt.pts is not None and pkt.time_base:
-                    frames += 1
-                    last = max(last, float(pkt.pts * pkt.time_base))
-                elif st.type == "audio" and pkt.pts is not None and pkt.time_base and pkt.duration:
-                    audio_s = max(audio_s, float((pkt.pts + pkt.duration) * pkt.time_base))
-                elif st.type == "subtitle" and pkt.size > 2:
-                    raw = bytes(pkt)
-                    (n,) = struct.unpack(">H", raw[:2])
-                    text = raw[2 : 2 + n].decode("utf-8", "replace").strip()
-                    if text:
-                        subs.append(text)
-            if decode and vs is not None:
-                for f in vs.codec_context.decode(None):
-                    frames += 1
-                    if f.time is not None:
-                        last = max(last, float(f.time))
-        except av.EOFError:
-            pass
-        except _av_error_types() as exc:
-            log.info("%s: reading stopped at a damaged packet (%s)", path, _why(exc))
-    if frames == 0:
-        raise RecorderError(f"{path} holds no decodable video frame")
-    return Probe(frames, last, audio_s, subs, streams, width, height)

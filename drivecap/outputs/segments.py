@@ -17,13 +17,11 @@ last fragment), as Frigate probes every segment before it counts as recorded.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -31,83 +29,19 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from drivecap.fsutil import atomic_write_bytes
-from drivecap.outputs.recorder import H264Settings, Recorder, RecorderError, probe
+from drivecap.outputs.probe import probe
+from drivecap.outputs.recorder import H264Settings, Recorder, RecorderError
+from drivecap.outputs.segment_index import (
+    RecoveryReport,
+    Segment,
+    SegmentIndex,
+    file_size,
+    utc_from_name,
+)
 
 log = logging.getLogger(__name__)
 
-INDEX = "index.json"
 Image = npt.NDArray[np.uint8]
-
-
-@dataclass
-class Segment:
-    file: str
-    start_utc: str
-    t_start: float  # seconds from the run's start (the run's subtitle/event timeline)
-    duration_s: float = 0.0
-    bytes: int = 0
-    locked: bool = False
-    state: str = "recording"  # recording | complete | cut (write failed) | recovered (after a crash)
-    run: str = ""
-
-
-@dataclass
-class RecoveryReport:
-    dropped_entries: list[str] = field(default_factory=list)  # in the index, no file
-    adopted: list[str] = field(default_factory=list)  # orphan files that decode, now indexed
-    removed: list[str] = field(default_factory=list)  # orphan or killed files that do not decode
-    recovered: list[str] = field(default_factory=list)  # segments a killed run left "recording"
-
-    def lines(self) -> list[str]:
-        return [
-            f"{k}: {', '.join(v)}"
-            for k, v in (
-                ("index entries without a file, dropped", self.dropped_entries),
-                ("orphan segments adopted", self.adopted),
-                ("undecodable segments removed", self.removed),
-                ("interrupted segments recovered", self.recovered),
-            )
-            if v
-        ]
-
-
-class SegmentIndex:
-    """The JSON list of segments in a folder, rewritten atomically on every change."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.path = folder / INDEX
-        self.segments: list[Segment] = []
-
-    def load(self) -> None:
-        if not self.path.is_file():
-            self.segments = []
-            return
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            self.segments = [Segment(**s) for s in data["segments"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            # The index is rebuilt from the files themselves: nothing recorded is lost with it.
-            log.warning("segment index %s is unreadable (%s); rebuilding it from the files", self.path, exc)
-            self.segments = []
-
-    def save(self) -> None:
-        data = {"version": 1, "segments": [asdict(s) for s in self.segments]}
-        atomic_write_bytes(self.path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
-
-    def get(self, file: str) -> Segment | None:
-        return next((s for s in self.segments if s.file == file), None)
-
-    def used_bytes(self) -> int:
-        return sum(s.bytes for s in self.segments)
-
-
-def _file_size(p: Path) -> int:
-    try:
-        return p.stat().st_size
-    except OSError:
-        return 0
 
 
 class SegmentRecorder:
@@ -177,15 +111,15 @@ class SegmentRecorder:
                     continue
                 s.state = "recovered"
                 rep.recovered.append(s.file)
-            s.bytes = _file_size(p)
+            s.bytes = file_size(p)
             kept.append(s)
         known = {s.file for s in kept}
         for p in sorted(self.folder.glob("*.mp4")):
             if p.name in known or not p.is_file():  # only regular files are recordings
                 continue
-            s = Segment(p.name, _utc_from_name(p.name), 0.0, state="recovered", run="?")
+            s = Segment(p.name, utc_from_name(p.name), 0.0, state="recovered", run="?")
             if self._probe_into(s, p):
-                s.bytes = _file_size(p)
+                s.bytes = file_size(p)
                 kept.append(s)
                 rep.adopted.append(p.name)
             else:
@@ -219,7 +153,7 @@ class SegmentRecorder:
         """Bytes of all indexed segments, the growing one measured on disk."""
         total = 0
         for s in self.index.segments:
-            total += _file_size(self.folder / s.file) if s is self.seg else s.bytes
+            total += file_size(self.folder / s.file) if s is self.seg else s.bytes
         return total
 
     def _make_room(self, need: int) -> bool:
@@ -320,7 +254,7 @@ class SegmentRecorder:
                 self._segment_failed(seg, str(exc))
         seg.duration_s = round(rec.t_video, 3)
         p = self.folder / seg.file
-        seg.bytes = _file_size(p)
+        seg.bytes = file_size(p)
         if seg.duration_s > 0 and seg.bytes > 0:
             self._bytes_per_s = seg.bytes / seg.duration_s
         if rec.frames == 0:  # nothing was written at all: no segment
@@ -431,19 +365,3 @@ class SegmentRecorder:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _utc_from_name(name: str) -> str:
-    try:
-        return dt.datetime.strptime(name[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC).isoformat()
-    except ValueError:
-        return ""
-
-
-def check_folder(folder: str | os.PathLike[str]) -> tuple[set[str], set[str]]:
-    """(files the index lists, MP4 files on disk): equal when the index matches the folder."""
-    f = Path(folder)
-    listed = set()
-    if (f / INDEX).is_file():
-        listed = {s["file"] for s in json.loads((f / INDEX).read_text(encoding="utf-8"))["segments"]}
-    return listed, {p.name for p in f.glob("*.mp4")}
