@@ -177,11 +177,82 @@ class SpeechConfig:
 
 
 @dataclass
+class VideoConfig:
+    codec: str = knob(
+        "h264",
+        "h264 = PyAV/libx264 in fragmented MP4: plays in browsers and phones, and a power cut or kill -9 "
+        "loses only the last fragment (x264 is GPL); mp4v = OpenCV MPEG-4 Part 2: no browser plays it and a "
+        "killed run leaves no readable file",
+        choices=("h264", "mp4v"),
+    )
+    preset: str = knob(
+        "superfast",
+        "x264 preset: slower presets give smaller files for the same quality but cost CPU the encoder needs "
+        "(see docs/recording.md for the measured trade-off on 2 cores)",
+        choices=(
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
+            "veryslow",
+        ),
+    )
+    crf: int = knob(19, "x264 constant rate factor: lower = better quality, bigger files", min=0, max=51)
+    keyint_s: float = knob(
+        1.0,
+        "Seconds between keyframes = fragment length: what a crash may lose (plus ~0.2 s); shorter costs size",
+        min=0.2,
+        max=10.0,
+    )
+    threads: int = knob(
+        0, "x264 threads; 0 = x264 chooses (each frame thread adds a frame of delay)", min=0, max=64
+    )
+    audio: bool = knob(True, "h264: mux the spoken captions as an AAC track when speech is on")
+    subtitles: bool = knob(True, "h264: mux the captions as a mov_text subtitle track (besides .srt/.vtt)")
+
+
+@dataclass
+class RecordConfig:
+    loop: bool = knob(
+        True,
+        "Live sources with --out: loop recording in segments under <out>/<name>.segments/ (replay always "
+        "writes one file per drive)",
+    )
+    segment_s: float = knob(
+        60.0, "Segment length (s); segments are named by their UTC start time", min=1.0, max=3600.0
+    )
+    max_bytes: int = knob(
+        4_000_000_000,
+        "Quota for the segments: the oldest unlocked one is deleted to stay under it (locked ones never are)",
+        min=1_000_000,
+    )
+    min_free_bytes: int = knob(
+        500_000_000, "Keep at least this much disk free (deleting old unlocked segments for it)", min=0
+    )
+    lock_before: int = knob(
+        1,
+        "An urgent caption locks its segment and this many before it (the lead-up to the event)",
+        min=0,
+        max=10,
+    )
+
+
+@dataclass
 class OutputConfig:
-    video: bool = knob(True, "Write <name>.mp4 (mp4v) with every source frame captioned")
+    video: bool = knob(True, "Write <name>.mp4 (see video.codec) with every source frame captioned")
     srt: bool = knob(True, "Write <name>.srt subtitles")
     vtt: bool = knob(True, "Write <name>.vtt subtitles")
     events: bool = knob(True, "Write <name>.jsonl (gate decisions, captions, speech)")
+    cue_max_s: float = knob(
+        4.0,
+        "A caption shown longer is written to .srt/.vtt in cues of this length: what a crash may lose of them",
+        min=0.5,
+        max=3600.0,
+    )
     window: bool = knob(True, "Show a window when a display exists (never on a headless machine)")
 
 
@@ -198,6 +269,8 @@ class Config:
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
     # Folder that relative paths are resolved against: the config file's folder, or the working directory.
     base_dir: Path = field(default_factory=Path.cwd, metadata={"internal": True})
     # The config file that was loaded (None: built-in defaults and --set only).

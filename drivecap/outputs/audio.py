@@ -16,6 +16,9 @@ Two ways utterances arrive:
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+import tempfile
 import threading
 import wave
 from dataclasses import dataclass
@@ -54,6 +57,28 @@ def read_wav(path: Path, rate: int) -> Pcm:
         n_out = max(1, round(len(x) * rate / src_rate))
         x = np.interp(np.arange(n_out) * (src_rate / rate), np.arange(len(x)), x).astype(np.float32)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def synthesize(text: str, rate_wpm: int, rate: int) -> Pcm | None:
+    """``text`` spoken by espeak-ng into samples at ``rate`` (None when espeak-ng is not installed).
+
+    The recording's track for the ``espeak`` and ``pyttsx3`` backends, which play sound but write none:
+    both speak through espeak-ng on Linux, so the track has the same voice the driver heard.
+    """
+    exe = shutil.which("espeak-ng") or shutil.which("espeak")
+    if exe is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="drivecap-tts-") as tmp:
+        path = Path(tmp) / "utt.wav"
+        proc = subprocess.run(
+            [exe, "-s", str(rate_wpm), "-w", str(path), "--", text],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        if proc.returncode != 0 or not path.is_file():
+            return None
+        return read_wav(path, rate)
 
 
 @dataclass
