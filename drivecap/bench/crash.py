@@ -107,27 +107,37 @@ def check_text_outputs(folder: Path, name: str, res: KillResult) -> list[dict[st
     return events
 
 
-def _spawn(args: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], env: dict[str, str] | None, log_file: Path) -> subprocess.Popen[bytes]:
     full = dict(os.environ)
     full.update(env or {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "drivecap", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=full,
-    )
+    with open(log_file, "ab") as err:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "drivecap", *args], stdout=subprocess.DEVNULL, stderr=err, env=full
+        )
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Until the run has output its first frames (its event log has a gate event)."""
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float, gates: int = 1) -> float:
+    """Until the run's event log shows ``gates`` gate events (frames through the model); returns when the
+    first one was seen (monotonic)."""
     t_end = time.monotonic() + timeout
+    t_first: float | None = None
     while time.monotonic() < t_end:
         if proc.poll() is not None:
-            raise RuntimeError(f"drivecap exited with {proc.returncode} before any frame was output")
-        if path.is_file() and '"event":"gate"' in path.read_text(encoding="utf-8", errors="replace"):
-            return
+            tail = (path.parent / "stderr.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(
+                f"drivecap exited with {proc.returncode} before {gates} frames were output: {' | '.join(tail)}"
+            )
+        n = (
+            path.read_text(encoding="utf-8", errors="replace").count('"event":"gate"')
+            if path.is_file()
+            else 0
+        )
+        if n and t_first is None:
+            t_first = time.monotonic()
+        if n >= gates and t_first is not None:
+            return t_first
         time.sleep(0.05)
-    raise RuntimeError(f"no frame output within {timeout:.0f} s")
+    raise RuntimeError(f"fewer than {gates} frames output within {timeout:.0f} s")
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -136,16 +146,26 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def kill_replay(
-    cli_sets: list[str], clip: str, out: Path, delay_s: float, fps: float, env: dict[str, str] | None = None
+    cli_sets: list[str],
+    clip: str,
+    out: Path,
+    delay_s: float,
+    fps: float,
+    env: dict[str, str] | None = None,
+    after_frames: int = 1,
 ) -> KillResult:
     """``drivecap replay`` (offline: every frame logged as it is output) killed ``delay_s`` after its
-    first output frame."""
+    ``after_frames``-th output frame."""
     out.mkdir(parents=True, exist_ok=True)
     name = Path(clip).stem
-    proc = _spawn([*cli_sets, "replay", clip, "--out", str(out), "--mode", "offline", "--no-progress"], env)
+    proc = _spawn(
+        [*cli_sets, "replay", clip, "--out", str(out), "--mode", "offline", "--no-progress"],
+        env,
+        out / "stderr.log",
+    )
     res = KillResult("replay", delay_s)
     try:
-        _wait_for(out / f"{name}.jsonl", proc, 120)
+        _wait_for(out / f"{name}.jsonl", proc, 300, gates=after_frames)
         time.sleep(delay_s)
     finally:
         if proc.poll() is None:
@@ -157,7 +177,8 @@ def kill_replay(
         p = probe(out / f"{name}.mp4")
         res.decoded_s = p.video_frames / fps
     except RecorderError as exc:
-        res.problems.append(str(exc))
+        if res.logged_s > MAX_LOSS_S:  # before the first fragment is complete, no frame is what is right
+            res.problems.append(str(exc))
     res.lost_s = max(0.0, res.logged_s - res.decoded_s)
     if res.lost_s > MAX_LOSS_S:
         res.problems.append(f"video lost {res.lost_s:.2f} s > {MAX_LOSS_S} s")
@@ -165,18 +186,23 @@ def kill_replay(
 
 
 def kill_live(
-    cli_sets: list[str], url: str, out: Path, name: str, delay_s: float, env: dict[str, str] | None = None
+    cli_sets: list[str], url: str, out: Path, delay_s: float, env: dict[str, str] | None = None
 ) -> KillResult:
     """``drivecap run URL --out`` (loop recording) killed ``delay_s`` after its first output frame."""
+    from drivecap.pipeline.runner import safe_name
+    from drivecap.pipeline.sources import parse_source
+
+    name = safe_name(parse_source(url).name, "live")
     out.mkdir(parents=True, exist_ok=True)
     for p in out.glob(f"{name}.*"):  # one kill's text outputs at a time (the segments folder stays)
         if p.is_file():
             p.unlink()
-    proc = _spawn([*cli_sets, "run", url, "--out", str(out), "--no-window"], env)
+    proc = _spawn(
+        [*cli_sets, "run", "--source", url, "--out", str(out), "--no-window"], env, out / "stderr.log"
+    )
     res = KillResult("live", delay_s)
     try:
-        _wait_for(out / f"{name}.jsonl", proc, 120)
-        t_first = time.monotonic()
+        t_first = _wait_for(out / f"{name}.jsonl", proc, 300)
         time.sleep(delay_s)
         t_kill = time.monotonic()
     finally:
@@ -191,11 +217,16 @@ def kill_live(
         idx = json.loads((folder / INDEX).read_text(encoding="utf-8"))["segments"]
         # This run's segments: the index is in start order and every run stamps its own id.
         mine = [s for s in idx if idx and s.get("run") == idx[-1].get("run")]
+        res.segments = len(mine)
+        for s in mine[:-1]:  # closed at rotation: every one must decode
+            probe(folder / s["file"], decode=False)
         if mine:
             last = mine[-1]
-            pr = probe(folder / last["file"], decode=True)
-            res.decoded_s = last["t_start"] + pr.video_frames / max(1e-6, _fps_of(events))
-            res.segments = len(mine)
+            try:
+                pr = probe(folder / last["file"], decode=True)
+                res.decoded_s = last["t_start"] + pr.video_frames / max(1e-6, _fps_of(events))
+            except RecorderError:  # killed before its first fragment was complete: up to its start
+                res.decoded_s = last["t_start"]
     except (OSError, ValueError, KeyError, RecorderError) as exc:
         res.problems.append(f"segments: {exc}")
     res.lost_s = max(0.0, res.logged_s - res.decoded_s)
