@@ -10,6 +10,8 @@ EXTRAS="${DRIVECAP_EXTRAS:-dev,train}"
 APT_PACKAGES=""
 command -v espeak-ng >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES espeak-ng"
 command -v aplay >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES alsa-utils"
+# chromium: the test that the H.264 recording plays in a browser (Playwright drives /usr/bin/chromium).
+command -v chromium >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES chromium"
 if [ -n "$APT_PACKAGES" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         echo "== installing$APT_PACKAGES (apt)"

@@ -288,3 +288,18 @@ def test_the_recording_plays_in_headless_chromium_with_its_audio(
     assert s["error"] is None, s  # mp4v gives MEDIA_ERR_SRC_NOT_SUPPORTED (4) here
     assert s["ready"] == 4 and s["t"] > 0.5
     assert s["audio"] > 0, s  # the AAC track is there and Chromium decodes it
+
+
+def test_captions_with_live_gaps_never_span_a_fragment(frames: list[np.ndarray], tmp_path: Path) -> None:
+    """The live pattern: the caption is shown at the time the next write_at fills up to (dropped frames),
+    across keyframes. FFmpeg aborts the process on a subtitle sample spanning two fragments; this runs it."""
+    path = tmp_path / "gaps.mp4"
+    t = 0.0
+    with Recorder(path, FPS, H264Settings(preset="ultrafast", keyint_s=0.5), piece_s=0.2) as rec:
+        for i, img in enumerate(frames):
+            t += (1 + (i % 4) * 3) / FPS  # 1 to 10 frame periods between delivered frames
+            rec.show(f"caption {i // 3}", t)
+            rec.write_at(img, t)
+    p = probe(path)
+    assert p.video_frames == rec.frames > len(frames)
+    assert "caption 0" in p.subtitle_texts and f"caption {(len(frames) - 1) // 3}" in p.subtitle_texts

@@ -3,7 +3,7 @@
 Each variant replays the same file in ``realtime`` mode with the encoder running (as a drive would be
 recorded), and its video writes are timed and tapped: every ``tap_every``-th written frame is kept so the
 file can be decoded afterwards and compared against exactly what was handed to the writer (the overlaid
-frame). Variants alternate over rounds (A B C, C B A, ...) so a drift in machine load hits them alike.
+frame; a frame repeated to fill a live gap counts once per copy written). Variants alternate over rounds (A B C, C B A, ...) so a drift in machine load hits them alike.
 
 Figures per variant: write ms per frame p50/p95 (the video writer alone), fps_out (output frames per second
 of source time), frames dropped, encoder ms p50 (the encoder did run), MB per minute of drive, PSNR of the
@@ -12,10 +12,14 @@ written frames against the overlaid source frames (mean, min), and the machine's
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
 import os
+import shlex
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,18 +99,20 @@ def run_variant(
         def _open_sinks(self, stack: Any, fps: float) -> dict[str, Any]:
             sinks = super()._open_sinks(stack, fps)
             video = sinks["video"]
-            inner: Callable[[Any], None] = video.write
-            count = [0]
+            inner: Callable[[Any, float], int] = video.write_at
 
-            def write(frame: Any) -> None:
-                if count[0] % tap_every == 0:
-                    run.taps[count[0]] = frame.copy()
-                count[0] += 1
+            def write_at(frame: Any, t: float) -> int:
+                first = video.frames
                 t0 = time.perf_counter()
-                inner(frame)
-                run.write_ms.append((time.perf_counter() - t0) * 1e3)
+                n = inner(frame, t)
+                ms = (time.perf_counter() - t0) * 1e3
+                run.write_ms.extend([ms / n] * n if n else [])  # per written frame (repeats included)
+                for k in range(first, first + n):
+                    if k % tap_every == 0:
+                        run.taps[k] = frame.copy()
+                return n
 
-            video.write = write
+            video.write_at = write_at
             return sinks
 
     enc, cap = models
@@ -201,3 +207,43 @@ def run_writer_bench(
 
 def to_json(fig: dict[str, Any], machine: dict[str, Any], command: str) -> str:
     return json.dumps({"command": command, "machine": machine, "writers": fig}, indent=1) + "\n"
+
+
+def run_writer_command(args: argparse.Namespace, cfg: Config, path: str) -> int:
+    """``drivecap bench SOURCE --compare writer``: prints the table; ``--report DIR`` also keeps the JSON
+    and a README.md with the command that made them."""
+    from drivecap.bench.runner import machine_info
+
+    command = "drivecap " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    machine = machine_info()
+
+    def progress(label: str, i: int) -> None:
+        if not args.no_progress:
+            print(f"round {i + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="drivecap-writer-") as tmp:
+        work = args.keep or Path(tmp)
+        fig = run_writer_bench(cfg, path, work, rounds=args.rounds, on_run=progress)
+    machine["loadavg_end"] = list(os.getloadavg())
+    lines = table(fig)
+    print("\n".join(lines))
+    if args.report is not None:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "writer.json").write_text(to_json(fig, machine, command))
+        md = [
+            f"# Video writers on {args.source} (realtime replay, encoder running)",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu_model')}), load average at start "
+            f"{machine.get('loadavg')}, at end {machine.get('loadavg_end')}.",
+            "",
+            *lines,
+            "",
+            "write ms: the video writer alone, per written frame; fps_out: output frames per second of source "
+            "time; PSNR: every 5th written frame decoded back against the overlaid frame handed to the writer.",
+            "",
+        ]
+        (args.report / "README.md").write_text("\n".join(md))
+        print(f"report: {args.report / 'README.md'}", file=sys.stderr)
+    return 0

@@ -177,15 +177,21 @@ class Recorder:
 
     def write(self, frame: Image) -> None:
         """Appends ``frame`` (BGR) as the next picture."""
+        yuv = self._to_yuv(frame)
+        if yuv is not None:
+            self._write_yuv(yuv)
+
+    def _to_yuv(self, frame: Image) -> npt.NDArray[np.uint8] | None:
+        """The frame as I420 (opening the file on the first one); None once writing has failed."""
         if self.failed is not None:
-            return
+            return None
         import cv2
 
         h, w = frame.shape[:2]
         if self._size is None:
             self._open(w, h)
             if self.failed is not None:
-                return
+                return None
         elif (w, h) != self._size:
             # A stream that changes size mid-way (a reconnect to another resolution) is scaled to the first.
             assert self._size is not None
@@ -194,8 +200,7 @@ class Recorder:
         if w % 2 or h % 2:  # 4:2:0 needs even sizes: repeat the last row / column
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         # OpenCV's BGR->I420 is limited-range BT.601 like swscale's default, and ~10x cheaper here.
-        yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420)
-        self._write_yuv(np.ascontiguousarray(yuv))
+        return np.ascontiguousarray(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420))
 
     def _write_yuv(self, yuv: npt.NDArray[np.uint8]) -> None:
         import av
@@ -218,9 +223,10 @@ class Recorder:
         """Writes ``frame`` as the picture at ``t`` (s from the start), repeated to fill dropped live frames
         so the video stays in step with the subtitles. Returns frames written."""
         target = max(self.frames + 1, round(t * self.fps) + 1)
+        yuv = self._to_yuv(frame)  # once: the repeats are the same picture
         n = 0
-        while self.frames < target and self.failed is None:
-            self.write(frame)
+        while yuv is not None and self.frames < target and self.failed is None:
+            self._write_yuv(yuv)
             n += 1
         self.filled += max(0, n - 1)
         return n
@@ -277,7 +283,9 @@ class Recorder:
         if not self.subtitles:
             return
         text = " ".join((text or "").split())  # one line: mov_text has no cue syntax to break
-        t_ms = round(t * 1000)
+        # Never past the video written so far: a live caller shows the caption at the time it is about to
+        # fill up to, and a piece ending beyond the next keyframe would span two fragments (the abort).
+        t_ms = min(round(t * 1000), round(self.frames * 1000 / self.fps))
         cur = self._piece[0] if self._piece else None
         if self._piece is None or text != cur:
             self._end_piece(t_ms)
