@@ -39,6 +39,7 @@ class Outputs:
     folder: Path | None
     name: str
     window: bool = True
+    loop: bool = False  # a live source: loop recording in segments (record:) instead of one video file
 
 
 class PipelineCore:
@@ -111,7 +112,12 @@ class PipelineCore:
         ensure_output_dir(folder)
         if o.video:
             video = open_video(
-                self.cfg, folder, out.name, fps, live=self.mode == "live", speech=speech_wanted(self.cfg)
+                self.cfg,
+                folder,
+                out.name,
+                fps,
+                live=self.mode == "live" and out.loop,
+                speech=speech_wanted(self.cfg),
             )
             sinks["video"] = stack.enter_context(video)
             self._track = SpeechTrack.for_video(video, "source" if self.mode == "offline" else "wall")
