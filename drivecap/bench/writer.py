@@ -82,6 +82,7 @@ def run_variant(
     variant: WriterVariant,
     out_dir: Path,
     tap_every: int,
+    mode: str = "realtime",
 ) -> WriterRun:
     from drivecap.pipeline.core import Outputs
     from drivecap.pipeline.runner import Pipeline
@@ -100,6 +101,14 @@ def run_variant(
             sinks = super()._open_sinks(stack, fps)
             video = sinks["video"]
             inner: Callable[[Any, float], int] = video.write_at
+            plain: Callable[[Any], None] = video.write
+
+            def write(frame: Any) -> None:  # offline: every frame once
+                t0 = time.perf_counter()
+                if video.frames % tap_every == 0:
+                    run.taps[video.frames] = frame.copy()
+                plain(frame)
+                run.write_ms.append((time.perf_counter() - t0) * 1e3)
 
             def write_at(frame: Any, t: float) -> int:
                 first = video.frames
@@ -113,10 +122,11 @@ def run_variant(
                 return n
 
             video.write_at = write_at
+            video.write = write
             return sinks
 
     enc, cap = models
-    pipe = Tapped(c, enc, cap, Outputs(out_dir, "drive", window=False), mode="realtime")
+    pipe = Tapped(c, enc, cap, Outputs(out_dir, "drive", window=False), mode=mode)
     source = open_source(parse_source(source_path), c.capture)
     summary = pipe.run(source)
     run.loadavg = os.getloadavg()[0]
@@ -185,6 +195,7 @@ def run_writer_bench(
     variants: list[WriterVariant] | None = None,
     tap_every: int = 5,
     on_run: Callable[[str, int], None] | None = None,
+    mode: str = "realtime",
 ) -> dict[str, Any]:
     """Runs every variant ``rounds`` times (order alternating); returns the figures per variant."""
     from drivecap.pipeline.inference import load_models
@@ -199,7 +210,7 @@ def run_writer_bench(
                     on_run(v.label, i)
                 out = work_dir / f"{''.join(ch if ch.isalnum() else '_' for ch in v.label)}-r{i + 1}"
                 out.mkdir(parents=True, exist_ok=True)
-                runs[v.label].append(run_variant(cfg, models, source_path, v, out, tap_every))
+                runs[v.label].append(run_variant(cfg, models, source_path, v, out, tap_every, mode))
     finally:
         models[0].close()
     return figures(runs)
@@ -223,7 +234,7 @@ def run_writer_command(args: argparse.Namespace, cfg: Config, path: str) -> int:
 
     with tempfile.TemporaryDirectory(prefix="drivecap-writer-") as tmp:
         work = args.keep or Path(tmp)
-        fig = run_writer_bench(cfg, path, work, rounds=args.rounds, on_run=progress)
+        fig = run_writer_bench(cfg, path, work, rounds=args.rounds, on_run=progress, mode=args.mode)
     machine["loadavg_end"] = list(os.getloadavg())
     lines = table(fig)
     print("\n".join(lines))
@@ -231,7 +242,7 @@ def run_writer_command(args: argparse.Namespace, cfg: Config, path: str) -> int:
         args.report.mkdir(parents=True, exist_ok=True)
         (args.report / "writer.json").write_text(to_json(fig, machine, command))
         md = [
-            f"# Video writers on {args.source} (realtime replay, encoder running)",
+            f"# Video writers on {args.source} ({args.mode} replay, encoder running)",
             "",
             f"Command: `{command}`",
             "",
