@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="keep the outputs here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--clip", default="challenge02", help="clip the replay and the camera use")
+    ap.add_argument("--stride", type=int, default=5, help="replay: encode every N-th frame (all are written)")
     ap.add_argument("--fps", type=float, default=29.97, help="the clip's frame rate (challenge02: 29.97)")
     args = ap.parse_args()
     store = AssetStore()
@@ -39,6 +40,7 @@ def main() -> int:
     sets = [
         "--config", str(REPO / "config.yaml"),
         "--set", "speech.backend=wav",
+        "--set", f"replay.stride={args.stride}",
     ]  # fmt: skip
     results = []
     with tempfile.TemporaryDirectory(prefix="drivecap-kill-") as tmp:
@@ -46,7 +48,9 @@ def main() -> int:
         kinds = args.kinds.split(",")
         if "replay" in kinds:
             for i, d in enumerate(random_delays(args.kills, 1.0, 8.0, args.seed)):
-                r = kill_replay(sets, clip, base / f"replay{i}", d, fps=args.fps, after_frames=50)
+                r = kill_replay(
+                    sets, clip, base / f"replay{i}", d, fps=args.fps, after_frames=50, stride=args.stride
+                )
                 results.append(r)
                 print(r.line(), flush=True)
         if "live" in kinds:

@@ -153,9 +153,11 @@ def kill_replay(
     fps: float,
     env: dict[str, str] | None = None,
     after_frames: int = 1,
+    stride: int = 1,
 ) -> KillResult:
     """``drivecap replay`` (offline: every frame logged as it is output) killed ``delay_s`` after its
-    ``after_frames``-th output frame."""
+    ``after_frames``-th output frame. With ``replay.stride`` N in ``cli_sets`` pass ``stride=N``: only every
+    N-th frame is logged, so the moment of the kill is taken as up to N-1 frames after the last one logged."""
     out.mkdir(parents=True, exist_ok=True)
     name = Path(clip).stem
     proc = _spawn(
@@ -165,14 +167,14 @@ def kill_replay(
     )
     res = KillResult("replay", delay_s)
     try:
-        _wait_for(out / f"{name}.jsonl", proc, 300, gates=after_frames)
+        _wait_for(out / f"{name}.jsonl", proc, 300, gates=max(1, after_frames // stride))
         time.sleep(delay_s)
     finally:
         if proc.poll() is None:
             _kill(proc)
     events = check_text_outputs(out, name, res)
     frames = [e["frame"] for e in events if e.get("event") == "gate"]
-    res.logged_s = (max(frames) + 1) / fps if frames else 0.0
+    res.logged_s = (max(frames) + stride) / fps if frames else 0.0
     try:
         p = probe(out / f"{name}.mp4")
         res.decoded_s = p.video_frames / fps
