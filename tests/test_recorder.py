@@ -303,3 +303,21 @@ def test_captions_with_live_gaps_never_span_a_fragment(frames: list[np.ndarray],
     p = probe(path)
     assert p.video_frames == rec.frames > len(frames)
     assert "caption 0" in p.subtitle_texts and f"caption {(len(frames) - 1) // 3}" in p.subtitle_texts
+
+
+def test_srt_writes_a_long_caption_in_cues_of_at_most_cue_max_s(tmp_path: Path) -> None:
+    from drivecap.outputs.subtitles import SubtitleSink, parse_srt
+
+    path = tmp_path / "long.srt"
+    with SubtitleSink(path, max_cue_s=2.0) as srt:
+        for i in range(176):  # 7 s of one caption at 25 fps
+            srt.show("person close ahead", i / FPS)
+            if i == 100:
+                # Mid-run, the file already holds the caption up to the last piece (what a crash keeps).
+                done = parse_srt(path.read_text(encoding="utf-8"))
+                assert done and done[-1][1] >= 2.0
+        srt.finish(176 / FPS)
+    cues = parse_srt(path.read_text(encoding="utf-8"))
+    assert len(cues) == 4 and {c[2] for c in cues} == {"person close ahead"}
+    assert all(b - a <= 2.0 + 1e-9 for a, b, _ in cues)
+    assert all(cues[k][1] == cues[k + 1][0] for k in range(3))  # contiguous: no gap, no overlap
