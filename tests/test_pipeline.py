@@ -353,7 +353,7 @@ def test_mirror_view_gives_a_mirrored_drive_the_mirrored_captions(
         assert s.captions >= 2
         assert counting.calls == s.encoded + s.captions
         captions[name] = {
-            e["frame"]: e["text"] for e in _events(out / f"{name}.jsonl") if e["event"] == "caption"
+            e["frame"]: e["tokens"] for e in _events(out / f"{name}.jsonl") if e["event"] == "caption"
         }
     both = sorted(set(captions["plain"]) & set(captions["mirror"]))
     assert 0 in both
