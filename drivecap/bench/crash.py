@@ -11,6 +11,7 @@ every restart also repairs what the previous kill left.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import random
@@ -204,22 +205,24 @@ def kill_live(
     )
     res = KillResult("live", delay_s)
     try:
-        t_first = _wait_for(out / f"{name}.jsonl", proc, 300)
+        _wait_for(out / f"{name}.jsonl", proc, 300)
         time.sleep(delay_s)
-        t_kill = time.monotonic()
+        t_kill = time.time()
     finally:
         if proc.poll() is None:
             _kill(proc)
     events = check_text_outputs(out, name, res)
     folder = out / f"{name}.segments"
-    # The video time at the kill: from the first frame seen in the log to the kill, by the clock here
-    # (the run's own stamps are on its monotonic clock); a little generous to the recorder at the start.
-    res.logged_s = t_kill - t_first
     try:
         idx = json.loads((folder / INDEX).read_text(encoding="utf-8"))["segments"]
         # This run's segments: the index is in start order and every run stamps its own id.
         mine = [s for s in idx if idx and s.get("run") == idx[-1].get("run")]
         res.segments = len(mine)
+        # The video time at the kill: the run's first segment started with its first output frame (its
+        # start_utc is the wall clock then) and the live video runs on the wall clock from there.
+        if mine:
+            t0 = dt.datetime.fromisoformat(mine[0]["start_utc"]).timestamp() - mine[0]["t_start"]
+            res.logged_s = max(0.0, t_kill - t0)
         for s in mine[:-1]:  # closed at rotation: every one must decode
             probe(folder / s["file"], decode=False)
         if mine:
