@@ -14,6 +14,7 @@ from typing import Any
 from drivecap.config import Config, to_dict
 from drivecap.frames import Frame
 from drivecap.metrics import LatencyRecorder, RateMeter, now, percentile
+from drivecap.outputs.base import SinkError
 from drivecap.outputs.events import EventLog
 from drivecap.outputs.overlay import HudInfo, Overlay
 from drivecap.outputs.speech import SpeechWorker
@@ -206,9 +207,17 @@ class PipelineCore:
     # -- offline: one thread, every frame, file time only
 
     def _finish_subtitles(self, sinks: dict[str, Any], t_end: float) -> None:
+        """Ends the open cues. A write error here is kept for ``run()`` to raise once the end event is logged:
+        it is often the file's first write (a caption that stayed on screen to the end, or several captions
+        with the same words, make a single cue), and raising it here would skip the end event."""
         for key in ("srt", "vtt"):
             if key in sinks:
-                sinks[key].finish(t_end)
+                try:
+                    sinks[key].finish(t_end)
+                except SinkError as exc:
+                    log.debug("%s failed at close", key, exc_info=True)
+                    if self._error is None:  # an earlier error is the one to report
+                        self._error = exc
 
     def _emit_frame(
         self,
