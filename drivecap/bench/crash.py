@@ -69,6 +69,8 @@ def complete_part(text: str) -> str:
 
 def parse_vtt(text: str) -> int:
     """Cues in strict WebVTT as SubtitleSink writes it; raises ValueError on anything malformed."""
+    if not text:  # killed before the first cue: the header is written (buffered) with it
+        return 0
     if not text.startswith("WEBVTT\n\n"):
         raise ValueError("no WEBVTT header")
     blocks = [b for b in text[len("WEBVTT\n\n") :].split("\n\n") if b.strip()]

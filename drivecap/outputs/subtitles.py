@@ -47,7 +47,6 @@ class SubtitleSink(Sink):
             raise SinkError(f"cannot write subtitles {self.path} ({exc.strerror})") from None
         if self.fmt == "vtt":
             self._f.write("WEBVTT\n\n")
-            self._f.flush()  # a run killed before its first cue still leaves a valid (empty) WebVTT file
         self.cues = 0
         self._open: tuple[str, float] | None = None
         self._t_last = 0.0
