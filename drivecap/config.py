@@ -16,24 +16,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from drivecap.config_recording import RecordConfig, VideoConfig
 from drivecap.errors import ConfigError
+from drivecap.knobs import knob
 
 T = TypeVar("T")
-
-
-def knob(
-    default: Any,
-    doc: str,
-    *,
-    choices: tuple[Any, ...] | None = None,
-    min: float | None = None,
-    max: float | None = None,
-) -> Any:
-    """A config field with its documentation and allowed values."""
-    meta = {"doc": doc, "choices": choices, "min": min, "max": max}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: typing.cast(Any, default).copy(), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -178,12 +165,18 @@ class SpeechConfig:
 
 @dataclass
 class OutputConfig:
-    video: bool = knob(True, "Write <name>.mp4 (mp4v) with every source frame captioned")
+    video: bool = knob(True, "Write <name>.mp4 (see video.codec) with every source frame captioned")
     srt: bool = knob(True, "Write <name>.srt subtitles")
     vtt: bool = knob(True, "Write <name>.vtt subtitles")
     events: bool = knob(True, "Write <name>.jsonl (gate decisions, captions, speech)")
     thumbnails: bool = knob(
         True, "Write <name>.thumbs/NNNNN.jpg, one 320-px JPEG per caption for search hits (~1 ms a caption)"
+    )
+    cue_max_s: float = knob(
+        4.0,
+        "A caption shown longer is written to .srt/.vtt in cues of this length: what a crash may lose of them",
+        min=0.5,
+        max=3600.0,
     )
     window: bool = knob(True, "Show a window when a display exists (never on a headless machine)")
 
@@ -201,6 +194,8 @@ class Config:
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
     # Folder that relative paths are resolved against: the config file's folder, or the working directory.
     base_dir: Path = field(default_factory=Path.cwd, metadata={"internal": True})
     # The config file that was loaded (None: built-in defaults and --set only).

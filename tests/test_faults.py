@@ -154,7 +154,13 @@ def check_outputs(
     folder: Path, name: str
 ) -> tuple[int, list[tuple[float, float, str]], list[dict[str, Any]]]:
     """(video frames, SRT cues, events) after checking every output is complete and valid."""
-    n = count_frames(folder / f"{name}.mp4")
+    segments = folder / f"{name}.segments"  # a live `drivecap run` loop-records
+    if segments.is_dir():
+        index = json.loads((segments / "index.json").read_text())["segments"]
+        assert {s["file"] for s in index} == {p.name for p in segments.glob("*.mp4")}
+        n = sum(count_frames(segments / s["file"]) for s in index)
+    else:
+        n = count_frames(folder / f"{name}.mp4")
     cues = parse_srt((folder / f"{name}.srt").read_text(encoding="utf-8"))
     assert parse_vtt((folder / f"{name}.vtt").read_text(encoding="utf-8")) == len(cues)
     events = read_events(folder / f"{name}.jsonl")

@@ -300,6 +300,17 @@ class SoakReport:
 
 
 def _count_video_frames(path: Path) -> int:
+    # A fragmented MP4 (the H.264 recorder) has no frame count in its header: count its packets.
+    from drivecap.outputs.recorder import pyav_available
+
+    if pyav_available() and path.is_file():
+        from drivecap.outputs.probe import probe
+        from drivecap.outputs.recorder import RecorderError
+
+        try:
+            return probe(path, decode=False).video_frames
+        except RecorderError:
+            return 0
     import cv2
 
     cap = cv2.VideoCapture(str(path))

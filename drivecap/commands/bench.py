@@ -25,9 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--compare",
-        choices=("loop", "precision", "gate", "backend"),
+        choices=("loop", "precision", "gate", "backend", "writer"),
         help="loop: pipeline vs the naive one-thread loop; precision: int8 vs fp32; gate: on vs off; "
-        "backend: tensorrt vs onnxruntime (GPU machines only)",
+        "backend: tensorrt vs onnxruntime (GPU machines only); writer: mp4v vs H.264 presets (realtime "
+        "replay: write ms, fps_out, MB/min, PSNR)",
     )
     p.add_argument(
         "--mode",
@@ -102,6 +103,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         )
         print(markdown(body))
         return 0
+    if args.compare == "writer":
+        from drivecap.bench.writer import run_writer_command
+
+        return run_writer_command(args, cfg, path)
     spec = parse_source(path)
     seconds = args.seconds if args.seconds is not None else (10.0 if spec.live else None)
     if args.report is not None:

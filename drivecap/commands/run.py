@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             cfg,
             enc,
             captioner,
-            Outputs(args.out, name, window=not args.no_window),
+            Outputs(args.out, name, window=not args.no_window, loop=spec.live),
             mode=mode,
             max_frames=args.max_frames,
             max_seconds=args.max_seconds,

@@ -55,6 +55,7 @@ class Utterance:
     t_start: float  # on the policy's clock
     file: str = ""
     wall: dict[str, float] = field(default_factory=dict)
+    audio_key: int | None = None  # its reserved place in the recording's audio track (source clock)
 
     @property
     def text(self) -> str:
@@ -154,7 +155,9 @@ class SpeechWorker:
         metrics: LatencyRecorder | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         backend: Backend | None = None,
+        audio: Any = None,
     ) -> None:
+        """``audio``: where utterance sound goes into the recording (``pipeline.recording.SpeechTrack``)."""
         if clock not in ("wall", "source"):
             raise ValueError(clock)
         self.cfg = cfg
@@ -164,6 +167,7 @@ class SpeechWorker:
         self.t0 = now() if t0 is None else t0
         self.metrics = metrics or LatencyRecorder()
         self.on_event = on_event
+        self.audio = audio
         self.backend = backend or make_backend(cfg.backend, cfg.rate_wpm)
         self.policy = SpeechPolicy(cfg)
         self.utterances: list[Utterance] = []
@@ -227,6 +231,8 @@ class SpeechWorker:
                 return
             self.policy.mark_busy(t + estimate_duration_s(req.text, self.cfg.rate_wpm))
             utt = self._new_utterance(req, t)
+            if self.audio is not None:
+                utt.audio_key = self.audio.reserve(t)
             self._render.append(utt)
             self._cond.notify_all()
         self._emit(utt, t)
@@ -280,10 +286,42 @@ class SpeechWorker:
         self.silent = True
 
     def _speak(self, utt: Utterance) -> float | None:
-        """Speaks one utterance; returns when its sound ends (monotonic) for a WAV file, else None."""
-        if self.silent:
-            return None
+        """Speaks one utterance (and hands its sound to the recording); returns when its sound ends
+        (monotonic) for a WAV file, else None."""
         wav = (self.out_dir / utt.file) if (utt.file and self.out_dir is not None) else None
+        if self.audio is not None and self.clock == "wall" and wav is None and not self.silent:
+            # A backend that plays (espeak, pyttsx3) is busy for the whole utterance: the track's copy is
+            # synthesised beside it, so it reaches the recorder before its start time is written.
+            threading.Thread(
+                target=self._to_track, args=(utt, None), name="speech-track", daemon=True
+            ).start()
+            return self._say(utt, wav)
+        ends = None if self.silent else self._say(utt, wav)
+        if self.audio is not None:
+            self._to_track(utt, wav)
+        return ends
+
+    def _to_track(self, utt: Utterance, wav: Path | None) -> None:
+        """The utterance's samples to the recording: from its WAV file, else synthesised with espeak-ng -w
+        (what the espeak and pyttsx3 backends speak with); on the source clock every reserved place is
+        filled, with silence when nothing could be rendered, so the recorder never waits in vain."""
+        from drivecap.outputs.audio import read_wav, synthesize
+
+        pcm = None
+        if not self.silent:
+            try:
+                if wav is not None and wav.is_file():
+                    pcm = read_wav(wav, self.audio.rate)
+                else:
+                    pcm = synthesize(utt.text, self.cfg.rate_wpm, self.audio.rate)
+            except (OSError, ValueError, EOFError) as exc:  # a bad WAV leaves silence in the track
+                log.warning("speech audio for %r not recorded: %s", utt.text, exc)
+        if self.clock == "source":
+            self.audio.fill(utt.audio_key, pcm)
+        elif pcm is not None:
+            self.audio.add(pcm, utt.t_start)
+
+    def _say(self, utt: Utterance, wav: Path | None) -> float | None:
         started: list[float] = []
 
         def on_start() -> None:

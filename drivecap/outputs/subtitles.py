@@ -31,8 +31,12 @@ class SubtitleSink(Sink):
     caption even if the process is killed; ``close`` ends the open cue at the last frame's time.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fmt: str | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], fmt: str | None = None, max_cue_s: float | None = None
+    ) -> None:
+        """``max_cue_s``: a caption shown longer is written in cues of that length (what a crash may lose)."""
         self.path = Path(path)
+        self.max_cue_s = max_cue_s
         self.fmt = fmt or self.path.suffix.lstrip(".").lower()
         if self.fmt not in ("srt", "vtt"):
             raise SinkError(f"subtitle file {self.path}: format must be srt or vtt")
@@ -53,6 +57,9 @@ class SubtitleSink(Sink):
         self._t_last = max(self._t_last, t)
         cur = self._open[0] if self._open else None
         if text == cur:
+            if self._open is not None and self.max_cue_s and t - self._open[1] >= self.max_cue_s:
+                self._write_cue(self._open[0], self._open[1], t)
+                self._open = (self._open[0], t)
             return
         if self._open is not None:
             self._write_cue(self._open[0], self._open[1], t)

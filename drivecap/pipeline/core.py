@@ -20,10 +20,10 @@ from drivecap.outputs.overlay import HudInfo, Overlay
 from drivecap.outputs.speech import SpeechWorker
 from drivecap.outputs.subtitles import SubtitleSink
 from drivecap.outputs.thumbnails import ThumbnailSink
-from drivecap.outputs.video import VideoSink
 from drivecap.outputs.window import WindowSink
 from drivecap.pipeline.capture import LatestSlot
 from drivecap.pipeline.inference import CaptionerLike, CaptionEvent, EncoderLike, Inference, rounded
+from drivecap.pipeline.recording import SpeechTrack, open_video, speech_wanted
 from drivecap.pipeline.sources import Source
 from drivecap.pipeline.summary import RunSummary
 from drivecap.security import ensure_output_dir
@@ -50,6 +50,7 @@ class Outputs:
     folder: Path | None
     name: str
     window: bool = True
+    loop: bool = False  # a live source: loop recording in segments (record:) instead of one video file
 
 
 class PipelineCore:
@@ -98,6 +99,8 @@ class PipelineCore:
         self.skipped_for_fresher = 0
         self.slots: dict[str, LatestSlot[Frame]] = {}
         self._busy_ema_s: float | None = None
+        self._track: SpeechTrack | None = None  # spoken captions into the recording's audio
+        self._locked_caption = 0  # the last urgent caption that locked loop segments
 
     def stop(self) -> None:
         """Asks the pipeline to finish: safe from a signal handler or another thread."""
@@ -123,11 +126,21 @@ class PipelineCore:
         folder = out.folder
         ensure_output_dir(folder)
         if o.video:
-            sinks["video"] = stack.enter_context(VideoSink(folder / f"{out.name}.mp4", fps))
+            video = open_video(
+                self.cfg,
+                folder,
+                out.name,
+                fps,
+                live=self.mode == "live" and out.loop,
+                speech=speech_wanted(self.cfg),
+            )
+            sinks["video"] = stack.enter_context(video)
+            self._track = SpeechTrack.for_video(video, "source" if self.mode == "offline" else "wall")
+        cue = o.cue_max_s
         if o.srt:
-            sinks["srt"] = stack.enter_context(SubtitleSink(folder / f"{out.name}.srt"))
+            sinks["srt"] = stack.enter_context(SubtitleSink(folder / f"{out.name}.srt", max_cue_s=cue))
         if o.vtt:
-            sinks["vtt"] = stack.enter_context(SubtitleSink(folder / f"{out.name}.vtt"))
+            sinks["vtt"] = stack.enter_context(SubtitleSink(folder / f"{out.name}.vtt", max_cue_s=cue))
         if o.thumbnails:
             sinks["thumbs"] = stack.enter_context(ThumbnailSink(folder, out.name))
         if o.events:
@@ -183,6 +196,7 @@ class PipelineCore:
             t0=t0,
             metrics=self.metrics,
             on_event=self._event,
+            audio=self._track,
         )
 
     def _limits_hit(self, n_out: int, t_start: float) -> bool:
@@ -207,7 +221,9 @@ class PipelineCore:
         g = self.metrics.samples("glass_to_caption")
         ev["wall"] = {
             "glass_to_caption_p50_ms": rounded(percentile(g, 50), 1) if g else None,
-            "encode_p50_ms": rounded(self.metrics.p50("encode"), 1) if self.metrics.samples("encode") else None,
+            "encode_p50_ms": rounded(self.metrics.p50("encode"), 1)
+            if self.metrics.samples("encode")
+            else None,
         }
         self._event(ev)
 
@@ -247,12 +263,9 @@ class PipelineCore:
         overlay.draw(frame.image, t, self._hud(inf, rate))
         t1 = now()
         self.metrics.record("overlay", (t1 - t0) * 1e3)
-        if "video" in sinks:
-            if write_at is None:
-                sinks["video"].write(frame.image)
-            else:
-                sinks["video"].write_at(frame.image, write_at)
         text = current.text if current is not None else None
+        if "video" in sinks:
+            self._write_video(sinks["video"], frame, current, write_at)
         for key in ("srt", "vtt"):
             if key in sinks:
                 # Subtitle times follow the video's own timeline (it starts at the first output frame).
@@ -267,5 +280,22 @@ class PipelineCore:
             self.live.publish_frame(frame.image, frame.index, frame.t_capture, t)
         return t1
 
-    # -- live / realtime: capture thread, inference worker, output loop here
+    def _write_video(
+        self, video: Any, frame: Frame, current: CaptionEvent | None, write_at: float | None
+    ) -> None:
+        t = frame.t_source if write_at is None else write_at
+        if self._track is not None and write_at is not None:
+            self._track.offset = frame.t_capture - write_at  # wall clock -> the video's timeline
+        show = getattr(video, "show", None)  # the H.264 recorders carry the captions inside (mov_text)
+        if show is not None:
+            show(current.text if current is not None else None, t)
+        if write_at is None:
+            video.write(frame.image)
+        else:
+            video.write_at(frame.image, write_at)
+        lock = getattr(video, "lock", None)  # loop recording: an urgent caption keeps its segments
+        if lock is not None and current is not None and current.urgent and current.id != self._locked_caption:
+            self._locked_caption = current.id
+            lock(t)
 
+    # -- live / realtime: capture thread, inference worker, output loop here

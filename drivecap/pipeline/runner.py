@@ -33,7 +33,6 @@ from drivecap.pipeline.threaded import ThreadedLoop
 log = logging.getLogger(__name__)
 
 
-
 class Pipeline(OfflineLoop, ThreadedLoop):
     """Runs a source through the stages to the sinks; ``stop()`` (a SIGINT handler) ends it cleanly."""
 
@@ -55,9 +54,17 @@ class Pipeline(OfflineLoop, ThreadedLoop):
                 for k, ext in (("video", "mp4"), ("srt", "srt"), ("vtt", "vtt"), ("events", "jsonl"))
                 if getattr(self.cfg.output, k)
             }
+            if (
+                "video" in summary.outputs
+                and self.outputs.loop
+                and self.mode == "live"
+                and self.cfg.record.loop
+            ):
+                summary.outputs["video"] = str(self.outputs.folder / f"{self.outputs.name}.segments")
         if self._error is not None:
             raise self._error
         return summary
+
 
 # --------------------------------------------------------------------------------------------- helpers
 
