@@ -39,10 +39,12 @@ def knob(
 @dataclass
 class PathsConfig:
     engines_dir: str = knob(
-        "engines", "Built encoder ONNX / INT8 / TensorRT files (relative to the config file)"
+        "engines",
+        "Built encoder ONNX / INT8 / TensorRT files; relative to the config file, or with no config file to "
+        "the artifacts home (a source checkout's own folder, else $DRIVECAP_HOME or ~/.cache/drivecap)",
     )
     calibration_dir: str = knob(
-        "calibration", "INT8 calibration manifests and caches (relative to the config file)"
+        "calibration", "INT8 calibration manifests and caches (relative like paths.engines_dir)"
     )
     home: str = knob("", "Asset cache; empty = $DRIVECAP_HOME, else ~/.cache/drivecap")
 
@@ -163,9 +165,11 @@ class OverlayConfig:
 @dataclass
 class SpeechConfig:
     backend: str = knob(
-        "none",
-        "pyttsx3 (espeak-ng), espeak (command line), wav (files), none",
-        choices=("pyttsx3", "espeak", "wav", "none"),
+        "auto",
+        "auto = by job: `run` speaks (pyttsx3 over espeak-ng, else the espeak-ng command line; one warning and "
+        "silence where nothing can play), `replay`, `bench` and `fleet` stay silent; or pyttsx3, espeak, "
+        "wav (one file per utterance), none",
+        choices=("auto", "pyttsx3", "espeak", "wav", "none"),
     )
     rate_wpm: int = knob(175, "Speaking rate (words per minute)", min=60, max=500)
     repeat_window_s: float = knob(10.0, "Do not speak the same caption again within this time", min=0.0)
@@ -196,19 +200,28 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     # Folder that relative paths are resolved against: the config file's folder, or the working directory.
     base_dir: Path = field(default_factory=Path.cwd, metadata={"internal": True})
+    # The config file that was loaded (None: built-in defaults and --set only).
+    config_file: Path | None = field(default=None, metadata={"internal": True})
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
         """A config path made absolute against the config file's folder (``~`` expanded)."""
         p = Path(os.path.expanduser(str(path)))
         return p if p.is_absolute() else (self.base_dir / p)
 
+    def resolve_artifact(self, path: str | os.PathLike[str]) -> Path:
+        """A built-artifact folder: against the config file's folder, else the artifacts home (never the cwd)."""
+        p = Path(os.path.expanduser(str(path)))
+        if p.is_absolute():
+            return p
+        return (self.base_dir if self.config_file is not None else artifacts_home(self.paths.home)) / p
+
     @property
     def engines_dir(self) -> Path:
-        return self.resolve(self.paths.engines_dir)
+        return self.resolve_artifact(self.paths.engines_dir)
 
     @property
     def calibration_dir(self) -> Path:
-        return self.resolve(self.paths.calibration_dir)
+        return self.resolve_artifact(self.paths.calibration_dir)
 
     def validate(self) -> None:
         """Checks that involve more than one key."""
@@ -348,6 +361,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: typing.Se
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"config file {p} is not valid YAML{where}; fix the syntax") from None
         cfg.base_dir = p.resolve().parent
+        cfg.config_file = p.resolve()
         if data is not None:
             try:
                 _apply(cfg, data, "")
@@ -361,6 +375,21 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: typing.Se
         _apply(cfg, nested, "")
     cfg.validate()
     return cfg
+
+
+def artifacts_home(configured_home: str = "") -> Path:
+    """Where built engines and calibration live when no config file says otherwise.
+
+    A source checkout (the package sits beside the repository's pyproject.toml and engines/) keeps them in the
+    repository, as `bash scripts/setup.sh` builds them; an installed package keeps them in the asset cache
+    ($DRIVECAP_HOME, else ~/.cache/drivecap). Never the working directory: drivecap must work from any folder.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file() and (repo / "engines").is_dir():
+        return repo
+    from drivecap.assets import drivecap_home
+
+    return drivecap_home(configured_home)
 
 
 def default_config_path() -> Path | None:

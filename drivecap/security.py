@@ -62,7 +62,7 @@ def subtitle_text(text: str | None) -> str:
 def contained_path(folder: str | Path, name: str) -> Path:
     """``folder / name``, checked to stay inside ``folder`` (raises ValueError otherwise).
 
-    Output names are already sanitised (:func:`drivecap.pipeline.safe_name`); this is the belt to those
+    Output names are already sanitised (:func:`drivecap.pipeline.runner.safe_name`); this is the belt to those
     braces for any code that joins a name onto an output folder.
     """
     if not name or "\x00" in name or "/" in name or "\\" in name or name in (".", ".."):

@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from drivecap.assets import CLIPS, AssetStore, drivecap_home
     from drivecap.config import load_config
-    from drivecap.encoders import global_pool, make_encoder
-    from drivecap.gate import SemanticGate, grey_thumbnail, thumb_diff
+    from drivecap.encoders.base import global_pool
+    from drivecap.encoders.factory import make_encoder
+    from drivecap.pipeline.gate import SemanticGate, grey_thumbnail, thumb_diff
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         cap.release()
         all_pix.extend(pix)
         feats_by_clip[name] = (ts, feats)
-        from drivecap.gate import cosine_distance
+        from drivecap.pipeline.gate import cosine_distance
 
         for lag in LAGS_S:
             step = max(1, round(lag * fps / a.every))

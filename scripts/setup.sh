@@ -5,14 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${DRIVECAP_EXTRAS:-dev,train}"
 
-# espeak-ng is the speech engine behind pyttsx3 on Linux (and the `espeak` backend).
-if ! command -v espeak-ng >/dev/null 2>&1; then
+# espeak-ng is the speech engine behind pyttsx3 on Linux (and the `espeak` backend); aplay (alsa-utils) plays
+# its audio where there is a sound card.
+APT_PACKAGES=""
+command -v espeak-ng >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES espeak-ng"
+command -v aplay >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES alsa-utils"
+if [ -n "$APT_PACKAGES" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-        echo "== installing espeak-ng (apt)"
+        echo "== installing$APT_PACKAGES (apt)"
         apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
     else
-        echo "!! espeak-ng is missing: install it (sudo apt-get install espeak-ng) for spoken captions" >&2
+        echo "!! missing system packages:$APT_PACKAGES (sudo apt-get install$APT_PACKAGES) for spoken captions" >&2
     fi
 fi
 

@@ -23,7 +23,7 @@ BOUNDARY = "drivecapframe"
 
 def jpeg_frames_from_video(path: str | Path, limit: int = 50, step: int = 1, width: int = 320) -> list[bytes]:
     """The first ``limit`` frames (every ``step``-th) of a video, resized to ``width``, as JPEG bytes."""
-    from drivecap.soak import clip_jpegs
+    from drivecap.bench.soak import clip_jpegs
 
     return clip_jpegs(path, limit=limit, width=width, step=step)
 

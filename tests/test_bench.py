@@ -17,24 +17,21 @@ import numpy as np
 import pytest
 
 from drivecap.assets import AssetStore
-from drivecap.bench import (
+from drivecap.bench.figures import (
     BenchPlan,
-    RepeatSource,
     RoundResult,
     Side,
-    TimedRecorder,
-    _add_event_facts,
     build_figures,
     pct,
     ratios,
-    run_bench,
     side_figures,
     to_json,
 )
-from drivecap.capture import open_source
+from drivecap.bench.runner import RepeatSource, TimedRecorder, _add_event_facts, run_bench
 from drivecap.config import Config, load_config
 from drivecap.encoders.base import Encoder, FloatArray, Preprocess
 from drivecap.metrics import now, percentile
+from drivecap.pipeline.sources import open_source
 from tests.conftest import write_short_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -95,7 +92,7 @@ class SleepyEncoder(Encoder):
 
 def _sleepy_captioner(bundle: Path, sleep_ms: float) -> Any:
     """The real Captioner (its own perf_counter timing) around a decoder that takes ``sleep_ms`` longer."""
-    from drivecap.decoder import Captioner
+    from drivecap.decoder.captioner import Captioner
 
     cap = Captioner.from_folder(bundle, max_tokens=6)
     beam = cap.decoder.beam
@@ -264,7 +261,7 @@ def test_bench_cli_compares_pipeline_and_naive_loop_on_a_real_clip(
     clip: Path, bundle: Path, real_cfg: Config, tmp_path: Path
 ) -> None:
     from drivecap.decoder.bundle import write_random_bundle
-    from drivecap.encoders import make_encoder
+    from drivecap.encoders.factory import make_encoder
 
     with make_encoder(real_cfg) as enc:
         sha = enc.onnx_sha256
@@ -349,10 +346,10 @@ def test_compare_backend_without_a_gpu_is_a_one_line_error(
     bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import drivecap.encoders
-    from drivecap.bench import make_sides
+    from drivecap.bench.compare import make_sides
     from drivecap.errors import BackendUnavailable
 
-    monkeypatch.setattr(drivecap.encoders, "gpu_available", lambda: False)
+    monkeypatch.setattr(drivecap.encoders.factory, "gpu_available", lambda: False)
     with pytest.raises(BackendUnavailable) as exc:
         make_sides(_cfg(bundle), "backend")
     msg = str(exc.value)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from drivecap.config import load_config
-from drivecap.decoder import Caption, Captioner
 from drivecap.decoder.bundle import (
     BUNDLE_JSON,
     CARD,
@@ -21,6 +20,7 @@ from drivecap.decoder.bundle import (
     load_bundle,
     write_random_bundle,
 )
+from drivecap.decoder.captioner import Caption, Captioner
 from drivecap.errors import ModelError
 
 SHA_A = "a" * 64
@@ -129,7 +129,7 @@ def test_default_bundle_is_valid() -> None:
 
 def _encoder_ready() -> bool:
     from drivecap.config import Config
-    from drivecap.encoders import encoder_onnx_path
+    from drivecap.encoders.paths import encoder_onnx_path
 
     return encoder_onnx_path(Config()).is_file()
 
@@ -198,7 +198,7 @@ def test_default_bundle_captions_real_frames_and_their_mirrors() -> None:
 
     from drivecap.assets import AssetStore
     from drivecap.captions.grammar import VOCABULARY, mirror_caption, parse, render
-    from drivecap.encoders import make_encoder
+    from drivecap.encoders.factory import make_encoder
 
     if not _encoder_ready():
         pytest.fail("the encoder ONNX is missing: run `drivecap encoder export` first")

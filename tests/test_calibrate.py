@@ -10,10 +10,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from drivecap.calibrate import MANIFEST_NAME, calibrate, check_int8_fresh, sample_frames
 from drivecap.config import Config, load_config
-from drivecap.encoders import int8_onnx_path, make_encoder
+from drivecap.encoders.calibrate import MANIFEST_NAME, calibrate, check_int8_fresh, sample_frames
 from drivecap.encoders.export import build_model, save_atomic
+from drivecap.encoders.factory import make_encoder
+from drivecap.encoders.paths import int8_onnx_path
 from drivecap.encoders.weights import CONV_NAMES, VGGWeights
 from drivecap.errors import ModelError
 

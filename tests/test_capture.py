@@ -11,20 +11,18 @@ import numpy as np
 import pytest
 
 from drivecap.assets import AssetStore
-from drivecap.capture import (
+from drivecap.config import CaptureConfig
+from drivecap.frames import Frame
+from drivecap.pipeline.capture import CaptureThread, LatestSlot, wait_until
+from drivecap.pipeline.sources import (
     CaptureError,
-    CaptureThread,
     ImageFolderSource,
-    LatestSlot,
     VideoCaptureSource,
     gstreamer_available,
     iter_frames,
     open_source,
     parse_source,
-    wait_until,
 )
-from drivecap.config import CaptureConfig
-from drivecap.frames import Frame
 
 sys.path.insert(0, str(Path(__file__).parent))
 import itertools

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivecap.decoder import Captioner
 from drivecap.decoder.bundle import EncoderRef, Pooling, load_bundle, save_bundle
+from drivecap.decoder.captioner import Captioner
 from drivecap.decoder.lstm import Arch, LSTMDecoder
 from drivecap.decoder.vocab import Vocab, detokenize, tokenize
 

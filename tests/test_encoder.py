@@ -11,8 +11,8 @@ import pytest
 
 from drivecap.assets import AssetStore
 from drivecap.config import Config, load_config
-from drivecap.encoders import cosine, global_pool, make_encoder, pool_grid, resolve_backend
-from drivecap.encoders.base import CAFFE_MEAN_BGR, Preprocess
+from drivecap.encoders.base import CAFFE_MEAN_BGR, Preprocess, cosine, global_pool, pool_grid
+from drivecap.encoders.factory import make_encoder, resolve_backend
 from drivecap.errors import ModelError
 from tests.conftest import REPO, assert_one_line_error, run_cli
 

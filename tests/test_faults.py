@@ -33,12 +33,17 @@ import numpy as np
 import pytest
 
 from drivecap.assets import AssetStore
-from drivecap.capture import open_source, wait_until
 from drivecap.config import Config, load_config
 from drivecap.errors import DrivecapError
-from drivecap.pipeline import Outputs, Pipeline, RunSummary, load_models, safe_name
-from drivecap.sinks import parse_srt
-from drivecap.speech import Backend, SpeechWorker
+from drivecap.outputs.speech import SpeechWorker
+from drivecap.outputs.subtitles import parse_srt
+from drivecap.outputs.tts import Backend
+from drivecap.pipeline.capture import wait_until
+from drivecap.pipeline.core import Outputs
+from drivecap.pipeline.inference import load_models
+from drivecap.pipeline.runner import Pipeline, safe_name
+from drivecap.pipeline.sources import open_source
+from drivecap.pipeline.summary import RunSummary
 from tests.conftest import write_short_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -720,7 +725,7 @@ def test_signal_mid_run_leaves_complete_outputs(
 
 def test_sigterm_handler_stops_the_pipeline_and_is_restored() -> None:
     """SIGTERM asks for the same orderly stop as Ctrl-C; the caller's handlers are back afterwards."""
-    from drivecap.pipeline import sigint_stops
+    from drivecap.pipeline.runner import sigint_stops
 
     before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
 

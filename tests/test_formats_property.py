@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivecap.config import OverlayConfig
-from drivecap.overlay import HudInfo, Overlay
-from drivecap.sinks import EventLog, SubtitleSink, parse_srt
+from drivecap.outputs.events import EventLog
+from drivecap.outputs.overlay import HudInfo, Overlay
+from drivecap.outputs.subtitles import SubtitleSink, parse_srt
 
 # Every code point class, surrogates included, plus the strings that break subtitle formats.
 nasty = st.sampled_from(

@@ -8,7 +8,7 @@ import pytest
 
 from drivecap.assets import AssetStore
 from drivecap.config import GateConfig
-from drivecap.gate import PixelPreGate, SemanticGate, cosine_distance, grey_thumbnail, thumb_diff
+from drivecap.pipeline.gate import PixelPreGate, SemanticGate, cosine_distance, grey_thumbnail, thumb_diff
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from drivecap.captions.facts import DISTANCES, KINDS, PLACES, ROADS, Facts, SceneObject
 from drivecap.captions.grammar import render
-from drivecap.captions.metrics import (
+from drivecap.training.caption_metrics import (
     PRF,
     bleu4,
     bleu_builtin,

@@ -8,7 +8,7 @@ import pytest
 
 from drivecap.assets import AssetStore
 from drivecap.config import OverlayConfig
-from drivecap.overlay import HudInfo, Overlay, wrap_caption
+from drivecap.outputs.overlay import HudInfo, Overlay, wrap_caption
 
 TEXT = "car close ahead in your lane , truck on the right , road curves left"
 

@@ -18,10 +18,14 @@ import cv2
 import pytest
 
 from drivecap.assets import AssetStore
-from drivecap.capture import open_source, wait_until
 from drivecap.config import Config, load_config
-from drivecap.pipeline import Outputs, Pipeline, RunSummary, load_models, safe_name
-from drivecap.sinks import parse_srt
+from drivecap.outputs.subtitles import parse_srt
+from drivecap.pipeline.capture import wait_until
+from drivecap.pipeline.core import Outputs
+from drivecap.pipeline.inference import load_models
+from drivecap.pipeline.runner import Pipeline, safe_name
+from drivecap.pipeline.sources import open_source
+from drivecap.pipeline.summary import RunSummary
 from tests.conftest import write_short_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,7 +56,7 @@ def _overrides(bundle: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory, real_cfg: Config) -> Path:
     from drivecap.decoder.bundle import write_random_bundle
-    from drivecap.encoders import make_encoder
+    from drivecap.encoders.factory import make_encoder
 
     cfg = load_config(REPO / "config.yaml", ["encoder.precision=fp32", "encoder.warmup_runs=0"])
     with make_encoder(cfg) as enc:
@@ -349,7 +353,7 @@ def test_mirror_view_gives_a_mirrored_drive_the_mirrored_captions(
         assert s.captions >= 2
         assert counting.calls == s.encoded + s.captions
         captions[name] = {
-            e["frame"]: e["text"] for e in _events(out / f"{name}.jsonl") if e["event"] == "caption"
+            e["frame"]: e["tokens"] for e in _events(out / f"{name}.jsonl") if e["event"] == "caption"
         }
     both = sorted(set(captions["plain"]) & set(captions["mirror"]))
     assert 0 in both

@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivecap.assets import AssetStore
-from drivecap.capture import parse_source, wait_until
-from drivecap.pipeline import safe_name
+from drivecap.pipeline.capture import wait_until
+from drivecap.pipeline.runner import safe_name
+from drivecap.pipeline.sources import parse_source
 from drivecap.security import contained_path, mask_url, subtitle_text
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -137,8 +138,8 @@ def test_package_loads_no_pickle_and_yaml_only_safely() -> None:
 
 def test_runtime_never_imports_torch() -> None:
     code = (
-        "import sys, drivecap.cli, drivecap.pipeline, drivecap.capture, drivecap.sinks, drivecap.speech, "
-        "drivecap.security, drivecap.decoder, drivecap.soak\n"
+        "import sys, drivecap.cli, drivecap.pipeline.runner, drivecap.pipeline.sources, drivecap.outputs.video, drivecap.outputs.speech, "
+        "drivecap.security, drivecap.decoder.captioner, drivecap.bench.soak\n"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

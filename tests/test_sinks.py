@@ -9,15 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from drivecap.sinks import (
-    EventLog,
-    SubtitleSink,
-    VideoSink,
-    WindowSink,
-    display_available,
-    parse_srt,
-    srt_time,
-)
+from drivecap.outputs.events import EventLog
+from drivecap.outputs.subtitles import SubtitleSink, parse_srt, srt_time
+from drivecap.outputs.video import VideoSink
+from drivecap.outputs.window import WindowSink, display_available
 
 
 def test_srt_time_format() -> None:
@@ -156,7 +151,7 @@ def test_window_never_crashes_headless(
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     ok, why = display_available()
     assert not ok and why
-    with caplog.at_level("INFO", logger="drivecap.sinks"), WindowSink("t") as w:
+    with caplog.at_level("INFO", logger="drivecap.outputs.window"), WindowSink("t") as w:
         w.write(_frames(1)[0])
     assert not w.active and not w.quit_requested
     assert any("window skipped" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,6 @@
 """The soak command, short: a real 30 fps MJPEG camera on 127.0.0.1 through the full pipeline (speech in
 wav mode) for ~20 s; the report's figures are checked against each other and against the files written.
-The 10-minute soak is a command (``drivecap soak``), measured and reported in RELIABILITY.md."""
+The 10-minute soak is a command (``drivecap soak``), measured and reported in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import pytest
 
+from drivecap.bench.soak import SLOT_DEPTHS, SoakReport
 from drivecap.config import Config
-from drivecap.soak import SLOT_DEPTHS, SoakReport
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import REPO, assert_one_line_error, run_cli
@@ -89,7 +89,7 @@ def test_report_fails_when_a_check_fails() -> None:
 def test_rss_is_this_process() -> None:
     # In a fresh process: inside pytest, pages freed by earlier tests may be reused without growing RSS.
     code = (
-        "from drivecap.soak import rss_bytes\n"
+        "from drivecap.bench.soak import rss_bytes\n"
         "before = rss_bytes()\n"
         "block = bytearray(64 * 2**20)\n"
         "for i in range(0, len(block), 4096):\n"

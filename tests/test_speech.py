@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from drivecap.capture import wait_until
 from drivecap.config import SpeechConfig
-from drivecap.speech import EspeakBackend, SpeechPolicy, SpeechRequest, SpeechWorker, estimate_duration_s
+from drivecap.outputs.speech import SpeechPolicy, SpeechRequest, SpeechWorker
+from drivecap.outputs.tts import EspeakBackend, estimate_duration_s
+from drivecap.pipeline.capture import wait_until
 
 
 def _req(text: str, cid: int, t: float, urgent: bool = False) -> SpeechRequest:
@@ -130,7 +131,7 @@ def test_missing_tts_warns_once_and_goes_silent(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng anywhere
     events: list[dict[str, object]] = []
-    with caplog.at_level("WARNING", logger="drivecap.speech"):
+    with caplog.at_level("WARNING", logger="drivecap.outputs.speech"):
         with SpeechWorker(
             SpeechConfig(backend="espeak", min_gap_s=0.0), backend=EspeakBackend(175), on_event=events.append
         ) as sw:

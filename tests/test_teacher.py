@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 
 from drivecap.assets import AssetStore
-from drivecap.captions.augment import (
+from drivecap.captions.facts import Facts, SceneObject
+from drivecap.captions.grammar import render
+from drivecap.cli import main
+from drivecap.training.augment import (
     Crop,
     augment_frame,
     augment_frame_detail,
@@ -24,24 +27,17 @@ from drivecap.captions.augment import (
     clean_crop_boxes,
     paste_vehicle,
 )
-from drivecap.captions.facts import Facts, SceneObject
-from drivecap.captions.grammar import render
-from drivecap.captions.lanes import frame_bend, shapes_from_bends
-from drivecap.captions.teacher import (
-    Box,
+from drivecap.training.geometry import Box, LaneGeometry, light_colour, picture_columns
+from drivecap.training.lanes import frame_bend, shapes_from_bends
+from drivecap.training.smoothing import flicker, smooth
+from drivecap.training.teacher import (
     Image,
-    LaneGeometry,
     Teacher,
     TeacherSettings,
     boxes_to_objects,
     facts_from_boxes,
-    flicker,
     keep_boxes,
-    light_colour,
-    picture_columns,
-    smooth,
 )
-from drivecap.cli import main
 
 GEOM = LaneGeometry()
 

@@ -24,10 +24,13 @@ import pytest
 from onnx import TensorProto, helper
 
 from drivecap.config import Config, load_config
-from drivecap.encoders import encoder_onnx_path, gpu_available, make_encoder
 from drivecap.encoders import tensorrt_backend as tb
-from drivecap.encoders.engine_cache import EngineCache, EngineKey, atomic_write_bytes, slug
+from drivecap.encoders import tensorrt_build as tbuild
+from drivecap.encoders.engine_cache import EngineCache, EngineKey, slug
+from drivecap.encoders.factory import gpu_available, make_encoder
+from drivecap.encoders.paths import encoder_onnx_path
 from drivecap.errors import BackendUnavailable, ConfigError, ModelError
+from drivecap.fsutil import atomic_write_bytes
 from tests.conftest import assert_one_line_error, run_cli
 
 SHA = hashlib.sha256(b"an onnx file").hexdigest()
@@ -285,14 +288,14 @@ def config(tmp_path: Path, *overrides: str) -> Config:
     return load_config(None, [f"paths.engines_dir={tmp_path / 'engines'}", *overrides])
 
 
-GPU = tb.GpuInfo(0, "Orin", (8, 7))
+GPU = tbuild.GpuInfo(0, "Orin", (8, 7))
 
 
 def test_engine_key_from_config(tmp_path: Path) -> None:
     cfg = config(tmp_path, "encoder.input_height=256", "tensorrt.max_width=640")
     onnx_path = tiny_onnx(encoder_onnx_path(cfg))
-    pre = tb.Preprocess("caffe", 256, 224)
-    key = tb.engine_key(cfg, "fp16", onnx_path, pre, "10.3.0", GPU)
+    pre = tbuild.Preprocess("caffe", 256, 224)
+    key = tbuild.engine_key(cfg, "fp16", onnx_path, pre, "10.3.0", GPU)
     assert key.onnx_sha256 == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     assert (key.min_shape, key.opt_shape, key.max_shape) == (
         (1, 3, 256, 224),
@@ -301,12 +304,12 @@ def test_engine_key_from_config(tmp_path: Path) -> None:
     )
     assert key.file_name().startswith(f"vgg16_conv5-{key.onnx_sha256[:12]}-trt10.3.0-orin-sm87-fp16-")
     onnx_path.write_bytes(onnx_path.read_bytes() + b" ")  # a re-export: another sha, another engine
-    assert tb.engine_key(cfg, "fp16", onnx_path, pre, "10.3.0", GPU).file_name() != key.file_name()
+    assert tbuild.engine_key(cfg, "fp16", onnx_path, pre, "10.3.0", GPU).file_name() != key.file_name()
 
 
 def test_max_size_below_the_input_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tensorrt\.max_height=192 is below"):
-        tb.profile_shapes(config(tmp_path, "tensorrt.max_height=192"), 224, 224)
+        tbuild.profile_shapes(config(tmp_path, "tensorrt.max_height=192"), 224, 224)
 
 
 @pytest.mark.parametrize(
@@ -314,7 +317,7 @@ def test_max_size_below_the_input_is_a_config_error(tmp_path: Path) -> None:
 )
 def test_missing_onnx_names_the_command_that_makes_it(tmp_path: Path, precision: str, fix: str) -> None:
     with pytest.raises(ModelError, match=fix):
-        tb.engine_onnx(config(tmp_path), precision)
+        tbuild.engine_onnx(config(tmp_path), precision)
 
 
 # ----------------------------------------------------------------------------------- without tensorrt
@@ -615,6 +618,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeTrt, FakeCuda]:
     cuda = FakeCuda()
     trt = FakeTrt(cuda)
     monkeypatch.setattr(tb, "import_backend", lambda: (trt, cuda))
+    monkeypatch.setattr(tbuild, "import_backend", lambda: (trt, cuda))
     return trt, cuda
 
 
@@ -635,7 +639,7 @@ def test_builder_calls(
     timing = tmp_path / "timing.cache"
     timing.write_bytes(b"earlier tactics")
     cuda.Device(0).make_context()
-    data = tb.build_engine(trt, onnx_path, key, 512, timing)
+    data = tbuild.build_engine(trt, onnx_path, key, 512, timing)
     assert trt.calls == [
         ("Builder",),
         ("create_network", 0),
@@ -661,14 +665,14 @@ def test_builder_reports_parser_errors_and_failed_builds(
     cuda.Device(0).make_context()
     trt.parse_errors = ["In node 3 (Conv): unsupported auto_pad"]
     with pytest.raises(ModelError, match=r"cannot parse .*unsupported auto_pad"):
-        tb.build_engine(trt, onnx_path, make_key(), 512, None)
+        tbuild.build_engine(trt, onnx_path, make_key(), 512, None)
     trt.parse_errors = []
     trt.build_fails = True
     with pytest.raises(ModelError, match="could not build"):
-        tb.build_engine(trt, onnx_path, make_key(), 512, None)
+        tbuild.build_engine(trt, onnx_path, make_key(), 512, None)
     trt.input_dims = (1, 3, 224, 224)  # a static ONNX cannot serve a profile up to 448
     with pytest.raises(ModelError, match="fixed shape"):
-        tb.build_engine(trt, onnx_path, make_key(max_shape=(1, 3, 448, 448)), 512, None)
+        tbuild.build_engine(trt, onnx_path, make_key(max_shape=(1, 3, 448, 448)), 512, None)
 
 
 def test_corrupt_timing_cache_is_replaced(
@@ -678,7 +682,7 @@ def test_corrupt_timing_cache_is_replaced(
     timing = tmp_path / "timing.cache"
     timing.write_bytes(b"garbage")
     cuda.Device(0).make_context()
-    tb.build_engine(trt, tiny_onnx(tmp_path / "m.onnx"), make_key(), 512, timing)
+    tbuild.build_engine(trt, tiny_onnx(tmp_path / "m.onnx"), make_key(), 512, timing)
     assert [c for c in trt.calls if c[0] == "create_timing_cache"] == [
         ("create_timing_cache", b"garbage"),
         ("create_timing_cache", b""),
@@ -694,23 +698,23 @@ def test_ensure_engine_builds_once_then_reuses_then_rebuilds(
     cfg = config(tmp_path)
     tiny_onnx(encoder_onnx_path(cfg))
 
-    first = tb.ensure_engine(cfg, "fp16")
+    first = tbuild.ensure_engine(cfg, "fp16")
     assert first.built and first.path.parent == cfg.engines_dir
     assert first.path.name.endswith("-trt10.3.0-orin-sm87-fp16-1x3x224x224.engine")
     assert (cfg.engines_dir / "timing-10.3.0-orin-sm87.cache").is_file()
     assert cuda.stack() == [] and all(c.detached for c in cuda.contexts)  # the build context is gone
 
     builds = trt.names().count("build_serialized_network")
-    again = tb.ensure_engine(cfg, "fp16")
+    again = tbuild.ensure_engine(cfg, "fp16")
     assert not again.built and again.path == first.path and again.sha256 == first.sha256
     assert trt.names().count("build_serialized_network") == builds  # nothing was built
 
     first.path.write_bytes(first.path.read_bytes()[:5])  # truncated: rebuilt, not loaded
-    assert tb.ensure_engine(cfg, "fp16").built
-    assert tb.ensure_engine(cfg, "fp16", force=True).built
+    assert tbuild.ensure_engine(cfg, "fp16").built
+    assert tbuild.ensure_engine(cfg, "fp16", force=True).built
 
     trt.__version__ = "10.4.0"  # an upgraded TensorRT: new engine, new timing cache, old files untouched
-    upgraded = tb.ensure_engine(cfg, "fp16")
+    upgraded = tbuild.ensure_engine(cfg, "fp16")
     assert upgraded.built and upgraded.path != first.path and first.path.is_file()
     assert (cfg.engines_dir / "timing-10.4.0-orin-sm87.cache").is_file()
 
@@ -769,7 +773,7 @@ def test_encoder_refuses_an_engine_changed_after_the_check(
 def test_real_engine_matches_onnxruntime(real_cfg: Config, store: Any) -> None:
     import cv2
 
-    from drivecap.encoders import cosine
+    from drivecap.encoders.base import cosine
 
     frames: list[Any] = [cv2.imread(str(p)) for p in store.test_images()[:4]]
     ort = make_encoder(real_cfg, backend="onnxruntime", precision="fp32")
@@ -790,4 +794,4 @@ def test_real_engine_matches_onnxruntime(real_cfg: Config, store: Any) -> None:
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape
         assert cosine(a, b) > 0.99, cosine(a, b)
-    assert not tb.ensure_engine(real_cfg, "fp16").built  # the second time, the cached engine is used
+    assert not tbuild.ensure_engine(real_cfg, "fp16").built  # the second time, the cached engine is used

@@ -12,8 +12,8 @@ pytest.importorskip("torch")
 
 from drivecap.captions.facts import Facts, SceneObject
 from drivecap.captions.grammar import mirror_caption, render
-from drivecap.decoder import Captioner
 from drivecap.decoder.bundle import EncoderRef, Pooling, load_bundle, save_bundle
+from drivecap.decoder.captioner import Captioner
 from drivecap.training.baseline import FactBaseline
 from drivecap.training.data import Sample, Split, load_split
 from drivecap.training.evaluate import val_scorer
@@ -51,7 +51,7 @@ def _split(n: int, seed: int, clip: str) -> Split:
 
 
 def _cells(fmap: np.ndarray) -> np.ndarray:
-    from drivecap.decoder import pool_cells
+    from drivecap.decoder.captioner import pool_cells
 
     return pool_cells(np.ascontiguousarray(fmap), 1, 3)
 

@@ -183,6 +183,22 @@ def detokenize(tokens: list[str]) -> str:
     return " ".join(tokens)
 
 
+_SPACE_BEFORE_COMMA = re.compile(r"\s+,")
+
+
+def for_people(text: str) -> str:
+    """The token form the model speaks in -> the sentence a driver reads and hears.
+
+    ``car close on the left , road curves left`` -> ``Car close on the left, road curves left.`` The model, the
+    JSONL ``tokens`` field and evaluation keep the token form; :func:`parse` reads both forms.
+    """
+    s = _SPACE_BEFORE_COMMA.sub(",", " ".join(text.split()))
+    if not s:
+        return ""
+    s = s[0].upper() + s[1:]
+    return s if s[-1] in ".!?" else s + "."
+
+
 class _Open:
     """The mention being read by :func:`parse`."""
 

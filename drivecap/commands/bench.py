@@ -49,7 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="leave out the first S s of each run (default 1)",
     )
-    p.add_argument("--speech", choices=("pyttsx3", "espeak", "wav", "none"), help="default: speech.backend")
+    p.add_argument(
+        "--speech",
+        choices=("auto", "pyttsx3", "espeak", "wav", "none"),
+        help="default: speech.backend (auto: silent)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument(
         "--report", type=Path, metavar="DIR", help="write README.md, bench.json and PNG plots here"
@@ -60,10 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from drivecap.bench import BenchPlan, close_sides, make_sides, run_bench, table, to_json
-    from drivecap.capture import open_source, parse_source
+    from drivecap.bench.compare import close_sides, make_sides
+    from drivecap.bench.figures import BenchPlan, table, to_json
+    from drivecap.bench.runner import run_bench
     from drivecap.commands.replay import resolve_input
-    from drivecap.config import ConfigError
+    from drivecap.errors import ConfigError
+    from drivecap.outputs.tts import backend_for_job
+    from drivecap.pipeline.sources import open_source, parse_source
 
     for flag, value, low in (("--rounds", args.rounds, 1), ("--loops", args.loops, 1)):
         if value < low:
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError(f"--warmup {args.warmup} is not allowed: use 0 or more seconds")
     if args.speech:
         cfg.speech.backend = args.speech
+    cfg.speech.backend, _ = backend_for_job(cfg.speech.backend, "bench")  # auto: silent for bench
     cfg.output.window = False
     # Gate reasons and speech start per caption are read back from the event log.
     cfg.output.events = True
@@ -136,7 +144,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     else:
         print("\n".join(table(result.figures)))
     if args.report is not None:
-        from drivecap.report import write_report
+        from drivecap.bench.report import write_report
 
         command = (
             "drivecap " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "drivecap bench"
@@ -148,7 +156,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _frame_count(spec: Any, cfg: Config, loops: int) -> int | None:
     """Frames one run will read from a file (for the progress bar), or None when the file does not say."""
-    from drivecap.capture import open_source
+    from drivecap.pipeline.sources import open_source
 
     src = open_source(spec, cfg.capture)
     try:

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from drivecap.calibrate import calibrate
+    from drivecap.encoders.calibrate import calibrate
 
     path, rebuilt = calibrate(cfg, force=args.force)
     print(f"{'wrote' if rebuilt else 'up to date:'} {path}")

@@ -51,7 +51,8 @@ def image_paths(items: list[str]) -> list[Path]:
 
 
 def _encoder(cfg: Config):  # type: ignore[no-untyped-def]
-    from drivecap.encoders import int8_onnx_path, make_encoder, resolve_backend
+    from drivecap.encoders.factory import make_encoder, resolve_backend
+    from drivecap.encoders.paths import int8_onnx_path
 
     backend = resolve_backend(cfg)
     if backend == "onnxruntime" and cfg.encoder.precision == "int8" and not int8_onnx_path(cfg).is_file():
@@ -64,7 +65,8 @@ def _encoder(cfg: Config):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace, cfg: Config) -> int:
     import cv2
 
-    from drivecap.decoder import Captioner
+    from drivecap.captions.grammar import for_people
+    from drivecap.decoder.captioner import Captioner
 
     paths = image_paths(args.images)
     if args.beam is not None and args.beam < 1:
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                     json.dumps(
                         {
                             "image": str(p),
-                            "caption": c.text,
+                            "caption": for_people(c.text),
                             "tokens": list(c.tokens),
                             "score": round(c.score, 4),
                             "encode_ms": round(res.preprocess_ms + res.infer_ms, 2),
@@ -102,5 +104,5 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                     flush=True,
                 )
             else:
-                print(f"{p}: {c.text}", flush=True)
+                print(f"{p}: {for_people(c.text)}", flush=True)
     return 2 if failed else 0

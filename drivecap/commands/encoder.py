@@ -54,8 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_export(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.assets import AssetStore, drivecap_home, sha256_file
-    from drivecap.encoders import encoder_onnx_path
     from drivecap.encoders.export import build_model, read_metadata, save_atomic
+    from drivecap.encoders.paths import encoder_onnx_path
     from drivecap.encoders.weights import load_weights
 
     src = args.weights or AssetStore(drivecap_home(cfg.paths.home)).vgg16_source()
@@ -81,7 +81,7 @@ def run_export(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def run_bench(args: argparse.Namespace, cfg: Config) -> int:
-    from drivecap.encoder_bench import bench_precisions, format_table
+    from drivecap.bench.encoders import bench_precisions, format_table
 
     result = bench_precisions(cfg, args.clip, n_frames=args.frames, runs=args.runs)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
@@ -91,7 +91,8 @@ def run_bench(args: argparse.Namespace, cfg: Config) -> int:
 def run_encode(args: argparse.Namespace, cfg: Config) -> int:
     import numpy as np
 
-    from drivecap.encoders import global_pool, make_encoder
+    from drivecap.encoders.base import global_pool
+    from drivecap.encoders.factory import make_encoder
     from drivecap.imageio import expand_images, read_image
 
     paths = expand_images(args.images)

@@ -56,9 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.assets import CLIPS, drivecap_home, sha256_file
-    from drivecap.decoder import Captioner
     from drivecap.decoder.bundle import resolve_bundle_dir
-    from drivecap.encoders import encoder_onnx_path
+    from drivecap.decoder.captioner import Captioner
+    from drivecap.encoders.paths import encoder_onnx_path
     from drivecap.errors import ModelError
     from drivecap.training.data import labels_dir, load_split, read_labels
     from drivecap.training.evaluate import evaluate_heldout
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     extraction = {"encoded_frames": 0, "seconds": 0.0}
     if missing:
         from drivecap.assets import AssetStore
-        from drivecap.encoders import make_encoder
+        from drivecap.encoders.factory import make_encoder
         from drivecap.training.features import extract_clip
 
         with make_encoder(cfg, backend="onnxruntime", precision="fp32") as enc:

@@ -64,7 +64,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.assets import CLIPS, AssetStore, drivecap_home
-    from drivecap.captions import teacher as T
+    from drivecap.training import teacher as T
+    from drivecap.training.geometry import geometry_for
 
     if args.stride < 1:
         raise DrivecapError(f"--stride {args.stride} is not allowed: use 1 or more")
@@ -109,8 +110,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             det = T.detect_clip(teacher, name, path, args.stride)
             _write_json(cache, det.to_json())
         roads = None
-        if not args.no_lanes and T.geometry_for(name).lane_markings:
-            from drivecap.captions import lanes
+        if not args.no_lanes and geometry_for(name).lane_markings:
+            from drivecap.training import lanes
 
             lane_cache = out / ".lanes" / f"{name}.s{args.stride}.json"
             if args.redetect:
@@ -119,11 +120,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 path,
                 det.frames,
                 det.picture_x,
-                T.geometry_for(name),
+                geometry_for(name),
                 cache=lane_cache,
             )
         records, stats = T.label_records(
-            det, T.geometry_for(name), settings, roads, args.window, clip.held_out_from
+            det, geometry_for(name), settings, roads, args.window, clip.held_out_from
         )
         written = []
         for split, target in (

@@ -27,7 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stride", type=int, metavar="N", help="offline: encode every Nth frame (default: replay.stride)"
     )
-    p.add_argument("--speech", choices=("pyttsx3", "espeak", "wav", "none"), help="default: speech.backend")
+    p.add_argument(
+        "--speech",
+        choices=("auto", "pyttsx3", "espeak", "wav", "none"),
+        help="default: speech.backend (auto: silent)",
+    )
     p.add_argument("--loop", action="store_true", help="start the file again at its end (stop with Ctrl-C)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N output frames")
     p.add_argument("--show", action="store_true", help="also show a window (where a display exists)")
@@ -54,9 +58,12 @@ def print_summary(summary: Any, out_dir: Path | None) -> None:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from tqdm import tqdm
 
-    from drivecap.capture import CaptureError, open_source, parse_source
-    from drivecap.config import ConfigError
-    from drivecap.pipeline import Outputs, Pipeline, load_models, safe_name, sigint_stops
+    from drivecap.errors import ConfigError
+    from drivecap.outputs.tts import backend_for_job
+    from drivecap.pipeline.core import Outputs
+    from drivecap.pipeline.inference import load_models
+    from drivecap.pipeline.runner import Pipeline, safe_name, sigint_stops
+    from drivecap.pipeline.sources import CaptureError, open_source, parse_source
     from drivecap.security import write_output_text
 
     mode = args.mode or cfg.replay.mode
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         cfg.replay.stride = args.stride
     if args.speech:
         cfg.speech.backend = args.speech
+    cfg.speech.backend, _ = backend_for_job(cfg.speech.backend, "replay")  # auto: silent for replay
     if args.loop:
         cfg.capture.loop = True
     spec = parse_source(resolve_input(args.file, cfg))

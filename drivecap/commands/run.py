@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
-from drivecap.config import Config, ConfigError
+from drivecap.config import Config
+from drivecap.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a video file or an image folder (played at its own rate)",
     )
     p.add_argument("--out", type=Path, metavar="DIR", help="also record video, subtitles and events here")
-    p.add_argument("--speech", choices=("pyttsx3", "espeak", "wav", "none"), help="default: speech.backend")
+    p.add_argument(
+        "--speech",
+        choices=("auto", "pyttsx3", "espeak", "wav", "none"),
+        help="default: speech.backend (auto: speak where sound can play)",
+    )
     p.add_argument("--no-window", action="store_true", help="never open a window")
     p.add_argument("--max-seconds", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N output frames")
@@ -33,13 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from drivecap.capture import open_source, parse_source
     from drivecap.commands.replay import print_summary, resolve_input
-    from drivecap.pipeline import CaptionEvent, Outputs, Pipeline, load_models, safe_name, sigint_stops
+    from drivecap.outputs.tts import backend_for_job
+    from drivecap.pipeline.core import Outputs
+    from drivecap.pipeline.inference import CaptionEvent, load_models
+    from drivecap.pipeline.runner import Pipeline, safe_name, sigint_stops
+    from drivecap.pipeline.sources import open_source, parse_source
     from drivecap.security import write_output_text
 
     if args.speech:
         cfg.speech.backend = args.speech
+    cfg.speech.backend, speech_warning = backend_for_job(cfg.speech.backend, "run")
+    if speech_warning:
+        log.warning(speech_warning)
     if cfg.speech.backend == "wav" and args.out is None:
         raise ConfigError(
             "speech.backend=wav writes one WAV file per utterance: give --out DIR (or --speech none)"

@@ -37,9 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    from drivecap.bench.soak import run_soak
     from drivecap.commands.replay import resolve_input
-    from drivecap.config import ConfigError
-    from drivecap.soak import run_soak
+    from drivecap.errors import ConfigError
 
     seconds = args.minutes * 60.0
     if not 0 < seconds <= 24 * 3600:

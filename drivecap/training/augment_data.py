@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from drivecap.captions.facts import Facts
 from drivecap.captions.grammar import render
-from drivecap.decoder import pool_cells
+from drivecap.decoder.captioner import pool_cells
 from drivecap.encoders.base import Encoder
 from drivecap.training.data import Sample, Split, labels_dir
 
@@ -38,7 +38,7 @@ def extract_augmented(
     """Makes and encodes the augmented frames of ``clips`` (crops also only from ``clips``), once."""
     import cv2
 
-    from drivecap.captions.augment import augmented_frames, build_crops
+    from drivecap.training.augment import augmented_frames, build_crops
 
     path = augmented_path(folder, clips, per_clip, seed)
     if path.is_file():

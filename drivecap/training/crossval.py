@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from drivecap.captions.metrics import caption_fact_scores
 from drivecap.decoder.lstm import FloatArray, LSTMDecoder
 from drivecap.decoder.vocab import Vocab
+from drivecap.training.caption_metrics import caption_fact_scores
 from drivecap.training.data import Split
 from drivecap.training.evaluate import val_scorer
 from drivecap.training.train import TrainSettings, train_fixed

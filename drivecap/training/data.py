@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drivecap.decoder import pool_cells
+from drivecap.decoder.captioner import pool_cells
 from drivecap.errors import DrivecapError
 from drivecap.training.features import load_clip_features
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from drivecap.captions.metrics import caption_fact_scores, flip_consistency
+from drivecap.training.caption_metrics import caption_fact_scores, flip_consistency
 from drivecap.training.data import Split
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def _summary(
     import numpy as np
 
     from drivecap.captions.grammar import parse
-    from drivecap.captions.metrics import bleu4, cider_d, fact_scores_json, within_clip_signal
+    from drivecap.training.caption_metrics import bleu4, cider_d, fact_scores_json, within_clip_signal
 
     teacher = [s.caption for s in split_plain.samples]
     ids = list(range(len(preds)))
@@ -79,34 +79,34 @@ def _summary(
         fl, fn = flip_consistency([preds[i] for i in idx], [mirror_preds[i] for i in idx])
         per_clip[clip] = {
             "frames": len(idx),
-            "fact_f1": _r(cf["micro"].f1),
-            "flip_consistency": _r(fl),
+            "fact_f1": rounded(cf["micro"].f1),
+            "flip_consistency": rounded(fl),
             "flip_frames": fn,
-            "exact_match": _r(cf["exact_match"]),
+            "exact_match": rounded(cf["exact_match"]),
         }
     fj = fact_scores_json(facts)
     out: dict[str, Any] = {
-        "bleu4": _r(bleu4(refs, hyps)),
-        "cider": _r(cider_d(refs, hyps)),
-        "flip_consistency": _r(flip),
+        "bleu4": rounded(bleu4(refs, hyps)),
+        "cider": rounded(cider_d(refs, hyps)),
+        "flip_consistency": rounded(flip),
         "fact_f1": fj["micro"]["f1"],
         "frames": len(preds),
         "fact_precision": fj["micro"]["precision"],
         "fact_recall": fj["micro"]["recall"],
         "exact_match": fj["exact_match"],
         "flip_frames": flip_n,
-        "flip_consistency_facts": _r(flip_facts),
+        "flip_consistency_facts": rounded(flip_facts),
         "per_family": fj["per_family"],
         "per_fact": {k: v for k, v in fj["per_fact"].items() if v["support"] or v["fp"]},
         "within_clip": within,
         "per_clip": per_clip,
     }
     if ms:
-        out["decode_ms"] = {"mean": _r(float(np.mean(ms)), 3), "p95": _r(float(np.percentile(ms, 95)), 3)}
+        out["decode_ms"] = {"mean": rounded(float(np.mean(ms)), 3), "p95": rounded(float(np.percentile(ms, 95)), 3)}
     return out
 
 
-def _r(x: float | None, nd: int = 4) -> float | None:
+def rounded(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 

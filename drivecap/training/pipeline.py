@@ -13,8 +13,8 @@ import numpy as np
 from drivecap.assets import CLIPS, HELD_OUT_CLIPS, AssetStore, drivecap_home
 from drivecap.captions.grammar import VOCABULARY
 from drivecap.config import Config
-from drivecap.decoder import Captioner
 from drivecap.decoder.bundle import Bundle, EncoderRef, Pooling, save_bundle
+from drivecap.decoder.captioner import Captioner
 from drivecap.decoder.vocab import Vocab
 from drivecap.encoders.base import Encoder
 from drivecap.errors import DrivecapError
@@ -139,7 +139,7 @@ def decode_numpy(cap: Captioner, split: Split, ensemble: bool, beam: int = 1) ->
 def train_pipeline(cfg: Config, req: TrainRequest) -> dict[str, Any]:
     import torch
 
-    from drivecap.encoders import make_encoder
+    from drivecap.encoders.factory import make_encoder
     from drivecap.training.augment_data import extract_augmented, load_augmented
     from drivecap.training.card import model_card
     from drivecap.training.evaluate import val_scorer

@@ -24,7 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from drivecap.captions.facts import Facts, SceneObject
-from drivecap.captions.teacher import Box, Image, LaneGeometry, geometry_for, read_frames
+from drivecap.training.geometry import Box, LaneGeometry, geometry_for, read_frames
+from drivecap.training.teacher import Image
 
 log = logging.getLogger(__name__)
 

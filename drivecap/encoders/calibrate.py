@@ -23,10 +23,10 @@ import numpy as np
 
 from drivecap.assets import CLIPS, HELD_OUT_CLIPS, AssetStore, drivecap_home, sha256_file
 from drivecap.config import Config
-from drivecap.encoders import encoder_onnx_path, int8_onnx_path
 from drivecap.encoders.base import Preprocess
 from drivecap.encoders.export import INPUT_NAME, preprocess_from_metadata
 from drivecap.encoders.ort_backend import open_onnx_metadata
+from drivecap.encoders.paths import encoder_onnx_path, int8_onnx_path
 from drivecap.errors import AssetError, ModelError
 from drivecap.fsutil import atomic_write_bytes
 

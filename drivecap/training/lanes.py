@@ -11,7 +11,6 @@ hysteresis, since a single frame's markings are noisy (dashes, shadows, glare).
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -21,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from drivecap.captions.teacher import Image, LaneGeometry, read_frames
-
-log = logging.getLogger(__name__)
+from drivecap.training.geometry import LaneGeometry, read_frames
+from drivecap.training.teacher import Image
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivecap.capture import Source
+from drivecap.captions.grammar import for_people
 from drivecap.config import OverlayConfig
 from drivecap.metrics import LatencyRecorder, RateMeter, now
-from drivecap.overlay import HudInfo, Overlay
-from drivecap.sinks import VideoSink
+from drivecap.outputs.overlay import HudInfo, Overlay
+from drivecap.outputs.video import VideoSink
+from drivecap.pipeline.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class NaiveLoop:
                 summary.captions += 1
                 rate.tick()
                 t_draw = now()
-                overlay.set_caption(cap.text, False, t)
+                overlay.set_caption(for_people(cap.text), False, t)
                 overlay.draw(
                     img,
                     t,

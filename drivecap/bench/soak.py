@@ -321,9 +321,11 @@ def run_soak(
     frames_limit: int = 300,
 ) -> SoakReport:
     """Runs the soak and returns its report (the outputs stay in ``out_dir``, a temporary folder if None)."""
-    from drivecap.capture import open_source
     from drivecap.metrics import percentile
-    from drivecap.pipeline import Outputs, Pipeline, load_models, sigint_stops
+    from drivecap.pipeline.core import Outputs
+    from drivecap.pipeline.inference import load_models
+    from drivecap.pipeline.runner import Pipeline, sigint_stops
+    from drivecap.pipeline.sources import open_source
 
     if warmup_s >= seconds:
         from drivecap.errors import ConfigError

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from pathlib import Path
@@ -13,10 +12,9 @@ import numpy as np
 
 from drivecap.assets import CLIPS, AssetStore, drivecap_home
 from drivecap.config import Config
-from drivecap.encoders import cosine, global_pool, make_encoder, pool_grid
+from drivecap.encoders.base import cosine, global_pool, pool_grid
+from drivecap.encoders.factory import make_encoder
 from drivecap.errors import DrivecapError
-
-log = logging.getLogger(__name__)
 
 
 def sample_clip(path: Path, n: int) -> list[np.ndarray]:

@@ -1,0 +1,143 @@
+"""The captioner: a bundle's decoders over the encoder's feature map, frame and mirror view, to caption text."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from drivecap.config import Config
+from drivecap.decoder.bundle import Bundle, load_bundle, resolve_bundle_dir
+from drivecap.decoder.lstm import FloatArray, LSTMDecoder
+from drivecap.decoder.vocab import detokenize
+from drivecap.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One decoded caption. ``score`` is the sum of the tokens' log-probabilities (end token included)."""
+
+    text: str
+    tokens: tuple[str, ...]
+    score: float
+    decode_ms: float
+
+
+class Captioner:
+    """A loaded bundle ready to caption conv5 maps."""
+
+    def __init__(
+        self, bundle: Bundle, beam_width: int = 1, max_tokens: int = 16, mirror_view: bool = False
+    ) -> None:
+        self.bundle = bundle
+        self.beam_width = beam_width
+        self.max_tokens = max_tokens
+        #: callers should encode the mirrored frame too and pass its map to :meth:`caption` (``mirror=``)
+        self.mirror_view = mirror_view
+        self.flip_ensemble = bundle.flip_ensemble
+        self.decoder = LSTMDecoder(
+            bundle.arch,
+            bundle.params,
+            bundle.vocab.start_id,
+            bundle.vocab.end_id,
+            bundle.length_alpha,
+            np.array(bundle.vocab.mirror_ids()),
+            bundle.members,
+        )
+
+    @classmethod
+    def load(cls, cfg: Config, encoder_sha256: str = "") -> Captioner:
+        """The bundle named by ``cfg.decoder.bundle``; checked against the installed encoder's sha256."""
+        folder = resolve_bundle_dir(cfg.decoder.bundle, cfg.base_dir)
+        if cfg.decoder.bundle in ("", "default") and not folder.is_dir():
+            raise ModelError(
+                f"the default caption bundle is not installed at {folder}; reinstall drivecap or "
+                "set decoder.bundle to a folder made by `drivecap train`"
+            )
+        bundle = load_bundle(folder, encoder_sha256=encoder_sha256)
+        log.info(
+            "caption bundle %s: %s decoder, %d words, pooling %dx%d",
+            folder,
+            bundle.arch.kind,
+            len(bundle.vocab),
+            bundle.pooling.rows,
+            bundle.pooling.cols,
+        )
+        return cls(
+            bundle,
+            beam_width=cfg.decoder.beam_width,
+            max_tokens=cfg.decoder.max_tokens,
+            mirror_view=cfg.decoder.mirror_view,
+        )
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        beam_width: int = 1,
+        max_tokens: int = 16,
+        encoder_sha256: str = "",
+        mirror_view: bool = False,
+    ) -> Captioner:
+        return cls(load_bundle(folder, encoder_sha256), beam_width, max_tokens, mirror_view)
+
+    def cells(self, fmap: FloatArray) -> FloatArray:
+        """(C, h, w) conv5 map -> (cells, C) as the bundle's pooling says."""
+        arch = self.bundle.arch
+        if fmap.ndim != 3 or fmap.shape[0] != arch.feature_dim:
+            raise ModelError(
+                f"the caption bundle {self.bundle.name} reads ({arch.feature_dim}, h, w) conv5 maps, "
+                f"got an array of shape {tuple(fmap.shape)}: use the encoder it was trained on"
+            )
+        return pool_cells(fmap, self.bundle.pooling.rows, self.bundle.pooling.cols)
+
+    def caption(
+        self, fmap: FloatArray, beam_width: int | None = None, mirror: FloatArray | None = None
+    ) -> Caption:
+        """Caption of one conv5 map. ``mirror`` = the encoder's map of the horizontally mirrored frame.
+
+        With ``mirror`` the decoder averages its word log-probabilities on the frame with those on the mirrored
+        frame read with left and right swapped (the mirror view). The mirrored frame, decoded the same way,
+        has exactly the two views swapped, so it always gets the mirrored caption. Without it, a flip-ensemble
+        bundle uses the horizontally flipped map as a stand-in for the mirrored frame's map, which VGG16 (not
+        mirror-equivariant) only approximates."""
+        t0 = time.perf_counter()
+        cells = self.cells(fmap)
+        if mirror is not None:
+            c = self.caption_cells(cells, beam_width, mirror=self.cells(mirror))
+        else:
+            flipped = self.cells(np.ascontiguousarray(fmap[:, :, ::-1])) if self.flip_ensemble else None
+            c = self.caption_cells(cells, beam_width, flipped)
+        return replace(c, decode_ms=(time.perf_counter() - t0) * 1e3)  # pooling included
+
+    def caption_cells(
+        self,
+        cells: FloatArray,
+        beam_width: int | None = None,
+        flipped: FloatArray | None = None,
+        mirror: FloatArray | None = None,
+    ) -> Caption:
+        """Like :meth:`caption` on already pooled cells (evaluation reads them from the feature cache);
+        ``flipped`` = cells of the horizontally flipped map, used when the bundle asks for the flip ensemble,
+        or ``mirror`` = cells of the mirrored frame's map (the mirror view, used whenever given)."""
+        t0 = time.perf_counter()
+        width = self.beam_width if beam_width is None else beam_width
+        second = mirror if mirror is not None else (flipped if self.flip_ensemble else None)
+        hyp = self.decoder.beam(cells, width, self.max_tokens, second)
+        tokens = tuple(self.bundle.vocab.decode(hyp.ids))
+        return Caption(detokenize(tokens), tokens, hyp.logprob, (time.perf_counter() - t0) * 1e3)
+
+
+def pool_cells(fmap: FloatArray, rows: int, cols: int) -> FloatArray:
+    """Average-pool a (C, h, w) map over a rows x cols grid -> (rows * cols, C), row-major cells."""
+    from drivecap.encoders.base import pool_grid
+
+    c = fmap.shape[0]
+    if (rows, cols) == fmap.shape[1:]:
+        return np.ascontiguousarray(fmap.reshape(c, -1).T, dtype=np.float32)
+    return pool_grid(fmap, rows, cols).reshape(rows * cols, c)
