@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from drivecap.assets import AssetStore
-from drivecap.encoders import cosine, global_pool
+from drivecap.encoders.base import cosine, global_pool
 from drivecap.encoders.export import build_model, save_atomic
 from drivecap.encoders.openvino_backend import (
     OpenVINOEncoder,
@@ -76,7 +76,9 @@ def test_missing_openvino_is_a_one_line_install_hint(monkeypatch: pytest.MonkeyP
     assert "\n" not in str(info.value)
 
 
-def test_openvino_matches_onnxruntime_on_real_frames(small_onnx: Path, frames: list[npt.NDArray[np.uint8]]) -> None:
+def test_openvino_matches_onnxruntime_on_real_frames(
+    small_onnx: Path, frames: list[npt.NDArray[np.uint8]]
+) -> None:
     ov_enc = _encoder(small_onnx, None)
     ort_enc = OrtEncoder(small_onnx, threads=1, input_hw=HW)
     with ov_enc, ort_enc:
