@@ -57,8 +57,15 @@ def test_pool_grid_cells() -> None:
     assert cosine(v, v) == pytest.approx(1.0)
 
 
-def test_auto_backend_is_onnxruntime_without_gpu() -> None:
+def test_auto_backend_without_gpu_is_openvino_when_installed_else_onnxruntime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import drivecap.encoders.factory as factory
+
+    assert resolve_backend(load_config(None)) == "openvino"  # the set-up installs the openvino extra
+    monkeypatch.setattr(factory, "openvino_available", lambda: False)
     assert resolve_backend(load_config(None)) == "onnxruntime"
+    assert resolve_backend(load_config(None, ["encoder.backend=onnxruntime"])) == "onnxruntime"
 
 
 @pytest.mark.slow

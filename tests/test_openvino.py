@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import numpy.typing as npt
 import pytest
 
 from drivecap.assets import AssetStore
+from drivecap.config import Config, load_config
 from drivecap.encoders.base import cosine, global_pool
 from drivecap.encoders.export import build_model, save_atomic
+from drivecap.encoders.factory import make_encoder
 from drivecap.encoders.openvino_backend import (
     OpenVINOEncoder,
     OvKey,
@@ -25,6 +28,7 @@ from drivecap.encoders.openvino_backend import (
 from drivecap.encoders.ort_backend import OrtEncoder
 from drivecap.encoders.weights import CONV_NAMES, VGGWeights
 from drivecap.errors import BackendUnavailable, ConfigError
+from tests.conftest import REPO, assert_one_line_error, run_cli
 
 HW = (64, 64)
 
@@ -213,3 +217,81 @@ def test_unknown_device_is_a_config_error(small_onnx: Path) -> None:
 def test_fp16_is_refused_with_what_to_use(small_onnx: Path) -> None:
     with pytest.raises(BackendUnavailable, match="fp32 or int8"):
         OpenVINOEncoder(small_onnx, "fp16", input_hw=HW)
+
+
+# ------------------------------------------------------------------ through the factory, the CLI, the pipeline
+
+
+def test_without_openvino_the_cli_says_what_to_install(tmp_path: Path, store: AssetStore) -> None:
+    # A package named openvino that fails to import stands in for a machine without it (a real subprocess).
+    fake = tmp_path / "site" / "openvino"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('openvino is not installed here')\n")
+    env = {"PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{REPO}"}
+    image = str(store.test_images()[0])
+    proc = run_cli("--set", "encoder.backend=openvino", "encoder", "encode", image, env=env)
+    assert_one_line_error(proc, "openvino", "pip install 'drivecap[openvino]'")
+
+
+def test_factory_builds_openvino_with_the_cache_in_the_engines_folder(small_onnx: Path) -> None:
+    cfg = load_config(
+        None,
+        [
+            f"paths.engines_dir={small_onnx.parent}",
+            "encoder.backend=openvino",
+            "encoder.precision=fp32",
+            "encoder.input_height=64",
+            "encoder.input_width=64",
+            "encoder.threads=1",
+        ],
+    )
+    with make_encoder(cfg) as enc:
+        assert isinstance(enc, OpenVINOEncoder) and enc.threads == 1 and not enc.batch_mirror
+        assert list(small_onnx.parent.glob("vgg16_conv5-*-ov*-cpu-*-fp32-1x3x64x64-t1.ovblob"))
+    cfg.encoder.mirror_batch = "on"
+    with make_encoder(cfg) as enc:
+        assert enc.batch_mirror
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_encode_pair_batches_only_when_asked_and_gives_the_same_maps(
+    small_onnx: Path, frames: list[npt.NDArray[np.uint8]], batch: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _encoder(small_onnx, None) as enc:
+        single = enc.encode(frames[1]).features, enc.encode(cv2.flip(frames[1], 1)).features
+        inner, shapes = enc.infer, []
+
+        def counting(x: np.ndarray) -> np.ndarray:
+            shapes.append(int(x.shape[0]))
+            return inner(x)
+
+        monkeypatch.setattr(enc, "infer", counting)
+        enc.batch_mirror = batch
+        a, b = enc.encode_pair(frames[1])
+        assert shapes == ([2] if batch else [1, 1])
+        for got, want in zip((a.features, b.features), single, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.slow
+def test_real_int8_openvino_close_to_onnxruntime_and_captions_compared(real_cfg: Config) -> None:
+    """The real INT8 QDQ file on held-out frames through both backends, as `encoder bench` compares them."""
+    from drivecap.bench.backends import caption_agreement, held_out_frames
+
+    encs = {
+        f"{b}/{p}": make_encoder(real_cfg, backend=b, precision=p)
+        for b, p in (("onnxruntime", "int8"), ("openvino", "int8"))
+    }
+    try:
+        held = held_out_frames(AssetStore(), 6)
+        assert {c for c, _, _ in held} == {"project_video01", "challenge01", "street"}
+        assert all(f >= 1440 for c, f, _ in held if c == "street")
+        r = caption_agreement(real_cfg, encs, held)
+        cos = r["feature_cosine_to_onnxruntime/int8"]["openvino/int8"]
+        assert 0.9 < cos <= 1.0
+        share = r["pairs"]["onnxruntime vs openvino int8"]
+        assert share * r["frames"] == pytest.approx(round(share * r["frames"]))  # a share of whole frames
+        assert r["frames"] == len(held) and r["mirror_view"] is real_cfg.decoder.mirror_view
+    finally:
+        for e in encs.values():
+            e.close()
