@@ -197,6 +197,9 @@ class OutputConfig:
     srt: bool = knob(True, "Write <name>.srt subtitles")
     vtt: bool = knob(True, "Write <name>.vtt subtitles")
     events: bool = knob(True, "Write <name>.jsonl (gate decisions, captions, speech)")
+    thumbnails: bool = knob(
+        True, "Write <name>.thumbs/NNNNN.jpg, one 320-px JPEG per caption for search hits (~1 ms a caption)"
+    )
     window: bool = knob(True, "Show a window when a display exists (never on a headless machine)")
 
 

@@ -3,13 +3,16 @@
 # the exported VGG16 encoder and its INT8 calibration. Safe to run again: finished steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${DRIVECAP_EXTRAS:-dev,train,openvino}"
+EXTRAS="${DRIVECAP_EXTRAS:-dev,train,fleet,openvino}"
 
 # espeak-ng is the speech engine behind pyttsx3 on Linux (and the `espeak` backend); aplay (alsa-utils) plays
 # its audio where there is a sound card.
 APT_PACKAGES=""
 command -v espeak-ng >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES espeak-ng"
 command -v aplay >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES alsa-utils"
+# Debian's Chromium: the web tests and `drivecap bench --web` drive it headless through Playwright (whose own
+# browser download is not reachable from these machines).
+[ -x /usr/bin/chromium ] || APT_PACKAGES="$APT_PACKAGES chromium"
 if [ -n "$APT_PACKAGES" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         echo "== installing$APT_PACKAGES (apt)"
@@ -17,7 +20,7 @@ if [ -n "$APT_PACKAGES" ]; then
         # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
     else
-        echo "!! missing system packages:$APT_PACKAGES (sudo apt-get install$APT_PACKAGES) for spoken captions" >&2
+        echo "!! missing system packages:$APT_PACKAGES (sudo apt-get install$APT_PACKAGES) for spoken captions and the web tests" >&2
     fi
 fi
 

@@ -74,6 +74,10 @@ def test_calibrate_writes_symmetric_per_channel_qdq(small_cfg: Config, store: ob
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
     w_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and inits[n.input[1]].size > 1]
     assert len(w_dq) == 13 and all(n.input[0].endswith("/W_quantized") for n in w_dq)
+    # 7-bit weights: int8 kernels without VNNI add u8*s8 products pairwise into int16, which 8-bit weights overflow.
+    weights = [inits[n.input[0]] for n in w_dq]
+    assert all(w.dtype == np.int8 and np.abs(w.astype(np.int16)).max() <= 64 for w in weights)
+    assert max(np.abs(w.astype(np.int16)).max() for w in weights) >= 63  # the 7 bits are used
     # Biases stay float (TensorRT's parser rejects int32 bias DequantizeLinear).
     assert not any(v.dtype == np.int32 for v in inits.values())
     # Same file runs in ONNX Runtime, and a second call sees nothing changed.

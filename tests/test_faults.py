@@ -35,6 +35,7 @@ import pytest
 from drivecap.assets import AssetStore
 from drivecap.config import Config, load_config
 from drivecap.errors import DrivecapError
+from drivecap.outputs.base import SinkError
 from drivecap.outputs.speech import SpeechWorker
 from drivecap.outputs.subtitles import parse_srt
 from drivecap.outputs.tts import Backend
@@ -436,6 +437,40 @@ def test_disk_full_on_one_output_stops_with_one_line_and_the_others_stay_valid(
         parse_srt((out / "drive.srt").read_text(encoding="utf-8"))  # raises on a malformed or cut file
     if which != "vtt":
         parse_vtt((out / "drive.vtt").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(("which", "mode"), [("srt", "offline"), ("vtt", "offline"), ("vtt", "realtime")])
+def test_disk_full_that_surfaces_only_at_close_still_ends_the_event_log(
+    cfg: Config, models: tuple[Any, Any], clip: Path, tmp_path: Path, which: str, mode: str
+) -> None:
+    """The gate opens once (the first frame) and never again, so the one caption stays on screen to the end:
+    its cue is the subtitle file's first write, at close. The ENOSPC there still stops the run with the one
+    error, after the event log got its end event."""
+    c = load_config(
+        REPO / "config.yaml",
+        [*_overrides(Path(cfg.decoder.bundle)), "gate.open_threshold=2.0", "gate.max_age_s=600"],
+    )
+    (tmp_path / f"drive.{which}").symlink_to("/dev/full")
+    with pytest.raises(SinkError, match=rf"drive\.{which} \(No space left on device\)"):
+        _pipeline(c, models, tmp_path, "drive", mode, stride=4).run(open_source(str(clip), c.capture))
+    events = read_events(tmp_path / "drive.jsonl")
+    assert events[0]["event"] == "start" and events[-1]["event"] == "end"
+    end = events[-1]
+    captions = [e for e in events if e["event"] == "caption"]
+    n = count_frames(tmp_path / "drive.mp4")
+    if mode == "offline":
+        # Every frame went out before the close: the whole drive is in the video and the log.
+        assert len(captions) == end["captions"] == 1
+        assert n == end["frames_out"] == N_FRAMES
+    else:
+        # Live timing decides whether the caption reached the screen before the clip ended; either way
+        # the WebVTT header or the cue is first written at close.
+        assert len(captions) == end["captions"] <= 1
+        assert n >= end["frames_out"] > 0  # the video fills frames the output loop dropped
+    other = "vtt" if which == "srt" else "srt"
+    text = (tmp_path / f"drive.{other}").read_text(encoding="utf-8")
+    cues = parse_srt(text) if other == "srt" else parse_vtt(text)
+    assert (len(cues) if isinstance(cues, list) else cues) == len(captions)
 
 
 # --------------------------------------------------------------------------------------------- speech

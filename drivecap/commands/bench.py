@@ -60,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep each run's video/subtitles/event log here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="measure the live web view instead: glass-to-browser latency in headless Chromium (WebSocket vs "
+        "MJPEG) and fps_out with 8 + 1 stalled + 100 churning clients (--seconds per scenario, default 12; "
+        "--report DIR writes web.json + README.md)",
+    )
     p.set_defaults(func=run)
 
 
@@ -86,6 +93,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     # Gate reasons and speech start per caption are read back from the event log.
     cfg.output.events = True
     path = resolve_input(args.source, cfg)
+    if args.web:
+        from drivecap.web.latency import markdown, run_web_bench
+
+        command = "drivecap " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        body = run_web_bench(
+            cfg, path, args.seconds or 12.0, args.report, rounds=args.rounds, command=command
+        )
+        print(markdown(body))
+        return 0
     spec = parse_source(path)
     seconds = args.seconds if args.seconds is not None else (10.0 if spec.live else None)
     if args.report is not None:

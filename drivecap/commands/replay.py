@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from drivecap.config import Config
+from drivecap.web.options import add_serve_args, live_server
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N output frames")
     p.add_argument("--show", action="store_true", help="also show a window (where a display exists)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_serve_args(p)
     p.set_defaults(func=run)
 
 
@@ -59,14 +60,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from tqdm import tqdm
 
     from drivecap.errors import ConfigError
-    from drivecap.outputs.tts import backend_for_job
-    from drivecap.pipeline.core import Outputs
+    from drivecap.metrics import LatencyRecorder
     from drivecap.pipeline.inference import load_models
-    from drivecap.pipeline.runner import Pipeline, safe_name, sigint_stops
-    from drivecap.pipeline.sources import CaptureError, open_source, parse_source
-    from drivecap.security import write_output_text
+    from drivecap.pipeline.replay import replay_config, replay_file
+    from drivecap.pipeline.runner import safe_name
+    from drivecap.pipeline.sources import CaptureError, parse_source
 
     mode = args.mode or cfg.replay.mode
+    if args.serve and mode != "realtime":
+        raise ConfigError(f"--serve shows a run as it happens: add --mode realtime (replay.mode is {mode})")
     if args.max_frames is not None and args.max_frames < 1:  # would end at once with empty outputs
         raise ConfigError(f"--max-frames {args.max_frames} is not allowed: use 1 or more")
     if args.stride is not None:
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         cfg.replay.stride = args.stride
     if args.speech:
         cfg.speech.backend = args.speech
-    cfg.speech.backend, _ = backend_for_job(cfg.speech.backend, "replay")  # auto: silent for replay
+    replay_config(cfg)  # auto: silent for replay
     if args.loop:
         cfg.capture.loop = True
     spec = parse_source(resolve_input(args.file, cfg))
@@ -85,38 +87,38 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         )
     name = safe_name(spec.name, "replay")
     out_dir: Path = args.out
-    source = open_source(spec, cfg.capture)
     enc, captioner = load_models(cfg)
-    with enc:
-        total = None
-        try:
-            source.open()
-            total = source.frame_count
-        finally:
-            source.close()
+    metrics = LatencyRecorder()
+    with enc, live_server(args, metrics) as feed:
         bar = tqdm(
-            total=None if cfg.capture.loop else total,
             unit="frame",
             desc=f"replay {name} ({mode})",
             disable=args.no_progress or None,
             dynamic_ncols=True,
         )
-        pipe = Pipeline(
-            cfg,
-            enc,
-            captioner,
-            Outputs(out_dir, name, window=args.show),
-            mode=mode,
-            max_frames=args.max_frames,
-            on_frame=lambda n: bar.update(n),
-        )
+
+        def set_total(total: int | None) -> None:
+            bar.total = total
+            bar.refresh()
+
         try:
-            with sigint_stops(pipe):
-                summary = pipe.run(source)
+            # The fleet's workers call the same function: one drive's outputs are the same either way.
+            summary = replay_file(
+                cfg,
+                enc,
+                captioner,
+                spec,
+                out_dir,
+                name,
+                mode=mode,
+                max_frames=args.max_frames,
+                window=args.show,
+                on_total=set_total,
+                on_frame=lambda n: bar.update(n),
+                metrics=metrics,
+                live=feed,
+            )
         finally:
             bar.close()
-    write_output_text(
-        out_dir / f"{name}.summary.json", json.dumps(summary.as_dict(), indent=1, default=str) + "\n"
-    )
     print_summary(summary, out_dir)
     return 130 if summary.interrupted else 0

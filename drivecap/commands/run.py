@@ -9,6 +9,7 @@ from pathlib import Path
 
 from drivecap.config import Config
 from drivecap.errors import ConfigError
+from drivecap.web.options import add_serve_args, live_server
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seconds", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N output frames")
     p.add_argument("--loop", action="store_true", help="files: start again at the end")
+    add_serve_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.commands.replay import print_summary, resolve_input
+    from drivecap.metrics import LatencyRecorder
     from drivecap.outputs.tts import backend_for_job
     from drivecap.pipeline.core import Outputs
     from drivecap.pipeline.inference import CaptionEvent, load_models
@@ -63,6 +66,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             raise ConfigError(f"{opt} {val} is not allowed: use a positive number")
     if args.loop:
         cfg.capture.loop = True
+    if not args.serve:
+        from drivecap.outputs.window import display_available
+
+        can_show, why = (False, "--no-window") if args.no_window else display_available()
+        if not can_show:  # said once, before the model loads: the only hint a headless user gets
+            print(f"no window here ({why}): add --serve 8080 and open http://127.0.0.1:8080/ to watch")
     spec = parse_source(resolve_input(args.source, cfg))
     name = safe_name(spec.name, "live")
     source = open_source(spec, cfg.capture)
@@ -72,7 +81,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"[{c.t:8.2f} s] {'URGENT ' if c.urgent else ''}{c.text}", flush=True)
 
     mode = "live" if spec.live else "realtime"
-    with enc:
+    metrics = LatencyRecorder()
+    with enc, live_server(args, metrics) as feed:
         pipe = Pipeline(
             cfg,
             enc,
@@ -82,6 +92,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             max_frames=args.max_frames,
             max_seconds=args.max_seconds,
             on_caption=say,
+            metrics=metrics,
+            live=feed,
         )
         with sigint_stops(pipe):
             summary = pipe.run(source)

@@ -9,15 +9,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from drivecap.config import Config, to_dict
 from drivecap.frames import Frame
 from drivecap.metrics import LatencyRecorder, RateMeter, now, percentile
+from drivecap.outputs.base import SinkError
 from drivecap.outputs.events import EventLog
 from drivecap.outputs.overlay import HudInfo, Overlay
 from drivecap.outputs.speech import SpeechWorker
 from drivecap.outputs.subtitles import SubtitleSink
+from drivecap.outputs.thumbnails import ThumbnailSink
 from drivecap.outputs.video import VideoSink
 from drivecap.outputs.window import WindowSink
 from drivecap.pipeline.capture import LatestSlot
@@ -30,6 +32,15 @@ log = logging.getLogger(__name__)
 
 
 MODES = ("live", "realtime", "offline")
+
+
+class LiveSink(Protocol):
+    """Where a live view takes frames and events from (:class:`drivecap.web.feed.LiveFeed`): both calls
+    return at once, from the output loop's thread."""
+
+    def publish_frame(self, image: Any, index: int, t_capture: float, t_source: float) -> None: ...
+
+    def publish_event(self, ev: dict[str, Any], t_shown: float | None = None) -> None: ...
 
 
 @dataclass
@@ -58,6 +69,7 @@ class PipelineCore:
         on_frame: Callable[[int], object] | None = None,
         on_caption: Callable[[CaptionEvent], None] | None = None,
         metrics: LatencyRecorder | None = None,
+        live: LiveSink | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
@@ -73,6 +85,9 @@ class PipelineCore:
         self.on_caption = on_caption
         # A caller may pass its own recorder (the benchmark's also keeps when each sample was taken).
         self.metrics = metrics if metrics is not None else LatencyRecorder()
+        # The web server's newest-frame slot (drivecap.web.feed.LiveFeed): handed every output frame and
+        # event; it never blocks (the server encodes and sends in its own thread).
+        self.live = live
         self._stop = threading.Event()
         self.interrupted = False  # stop() was asked for (Ctrl-C, window closed), not end of input or a limit
         self._error: BaseException | None = None
@@ -113,15 +128,24 @@ class PipelineCore:
             sinks["srt"] = stack.enter_context(SubtitleSink(folder / f"{out.name}.srt"))
         if o.vtt:
             sinks["vtt"] = stack.enter_context(SubtitleSink(folder / f"{out.name}.vtt"))
+        if o.thumbnails:
+            sinks["thumbs"] = stack.enter_context(ThumbnailSink(folder, out.name))
         if o.events:
             self.events = stack.enter_context(
                 EventLog(folder / f"{out.name}.jsonl", deterministic=self.mode == "offline")
             )
         return sinks
 
-    def _event(self, ev: dict[str, Any]) -> None:
+    def _thumbnail(self, sinks: dict[str, Any], number: int, image: Any) -> None:
+        """The caption's thumbnail, from the frame before anything is drawn on it (output.thumbnails)."""
+        if "thumbs" in sinks:
+            sinks["thumbs"].write(number, image)
+
+    def _event(self, ev: dict[str, Any], t_shown: float | None = None) -> None:
         if self.events is not None:
             self.events.write(ev)
+        if self.live is not None:
+            self.live.publish_event(ev, t_shown)
 
     def _start_event(self, source: Source, summary: RunSummary) -> None:
         ev: dict[str, Any] = {
@@ -190,9 +214,17 @@ class PipelineCore:
     # -- offline: one thread, every frame, file time only
 
     def _finish_subtitles(self, sinks: dict[str, Any], t_end: float) -> None:
+        """Ends the open cues. A write error here is kept for ``run()`` to raise once the end event is logged:
+        it is often the file's first write (a caption that stayed on screen to the end, or several captions
+        with the same words, make a single cue), and raising it here would skip the end event."""
         for key in ("srt", "vtt"):
             if key in sinks:
-                sinks[key].finish(t_end)
+                try:
+                    sinks[key].finish(t_end)
+                except SinkError as exc:
+                    log.debug("%s failed at close", key, exc_info=True)
+                    if self._error is None:  # an earlier error is the one to report
+                        self._error = exc
 
     def _emit_frame(
         self,
@@ -229,6 +261,10 @@ class PipelineCore:
         if win.quit_requested:
             self.stop()
         self.metrics.since("write", t1)
+        # Glass-to-output: capture to the frame written by every output (the web page's reference).
+        self.metrics.since("glass_to_output", frame.t_capture)
+        if self.live is not None:
+            self.live.publish_frame(frame.image, frame.index, frame.t_capture, t)
         return t1
 
     # -- live / realtime: capture thread, inference worker, output loop here

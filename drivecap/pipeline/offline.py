@@ -55,6 +55,7 @@ class OfflineLoop(PipelineCore):
                         self.metrics.record("glass_to_caption", (cap.t_shown - cap.t_capture) * 1e3)
                         self.captions.append(cap)
                         self._event(cap.to_event())
+                        self._thumbnail(sinks, cap.id, frame.image)
                         overlay.set_caption(cap.text, cap.urgent, t)
                         speech.submit(cap.text, cap.urgent, cap.id, t, cap.t_capture)
                         if self.on_caption:

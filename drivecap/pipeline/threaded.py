@@ -130,6 +130,7 @@ class ThreadedLoop(PipelineCore):
                     latest = self._latest
                 if latest is not None and latest is not shown:
                     shown = latest
+                    self._thumbnail(sinks, latest.id, frame.image)  # the frame it first shows on
                     overlay.set_caption(latest.text, latest.urgent, frame.t_source)
                 if t_first is None:
                     t_first = frame.t_source
@@ -142,7 +143,7 @@ class ThreadedLoop(PipelineCore):
                     shown.t_shown = t_drawn
                     self.metrics.record("glass_to_caption", (shown.t_shown - shown.t_capture) * 1e3)
                     self.captions.append(shown)
-                    self._event(shown.to_event(t_shown_pos=frame.t_source))
+                    self._event(shown.to_event(t_shown_pos=frame.t_source), t_shown=shown.t_shown)
                     speech.submit(shown.text, shown.urgent, shown.id, now(), shown.t_capture)
                     if self.on_caption:
                         self.on_caption(shown)
