@@ -40,8 +40,9 @@ class PathsConfig:
 class EncoderConfig:
     backend: str = knob(
         "auto",
-        "Inference backend: auto = TensorRT when a GPU and tensorrt are present, else ONNX Runtime",
-        choices=("auto", "onnxruntime", "tensorrt"),
+        "Inference backend: auto = TensorRT when a GPU and tensorrt are present, else OpenVINO when "
+        "installed, else ONNX Runtime",
+        choices=("auto", "onnxruntime", "openvino", "tensorrt"),
     )
     precision: str = knob(
         "int8",
@@ -50,7 +51,14 @@ class EncoderConfig:
     )
     input_height: int = knob(224, "Encoder input height in pixels (multiple of 32)", min=32, max=1024)
     input_width: int = knob(224, "Encoder input width in pixels (multiple of 32)", min=32, max=2048)
-    threads: int = knob(0, "ONNX Runtime intra-op threads; 0 = one per core", min=0, max=256)
+    threads: int = knob(0, "CPU inference threads (ONNX Runtime, OpenVINO); 0 = one per core", min=0, max=256)
+    mirror_batch: str = knob(
+        "auto",
+        "Mirror view with every frame captioned (gate off): frame + mirror in one batch-2 call (on), two calls "
+        "(off), auto = what measured faster for the backend (docs/cpu-backends.md); with the gate on the mirror "
+        "is always one call of its own, made only when a caption is",
+        choices=("auto", "on", "off"),
+    )
     onnx: str = knob("", "Encoder ONNX path; empty = the exported default in paths.engines_dir")
     warmup_runs: int = knob(2, "Inference runs before anything is timed", min=0, max=100)
 
@@ -65,6 +73,13 @@ class TensorRTConfig:
     )
     max_width: int = knob(
         0, "Largest input width the engine accepts; 0 = encoder.input_width", min=0, max=4096
+    )
+
+
+@dataclass
+class OpenVINOConfig:
+    device: str = knob(
+        "auto", "OpenVINO device: auto = an Intel GPU when present, else CPU; or CPU, GPU, GPU.1 ..."
     )
 
 
@@ -186,6 +201,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)

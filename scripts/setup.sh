@@ -3,7 +3,7 @@
 # the exported VGG16 encoder and its INT8 calibration. Safe to run again: finished steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${DRIVECAP_EXTRAS:-dev,train,fleet}"
+EXTRAS="${DRIVECAP_EXTRAS:-dev,train,fleet,openvino}"
 
 # espeak-ng is the speech engine behind pyttsx3 on Linux (and the `espeak` backend); aplay (alsa-utils) plays
 # its audio where there is a sound card.

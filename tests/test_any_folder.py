@@ -55,7 +55,19 @@ def test_replay_caption_encoder_bench_and_eval_from_another_folder(
     assert caption.returncode == 0, caption.stderr[-2000:]
     assert os.path.basename(image) in caption.stdout
 
-    bench = run_cli("-q", "encoder", "bench", "--json", "--frames", "4", "--runs", "20", cwd=work, env=env)
+    bench = run_cli(
+        "-q",
+        "encoder",
+        "bench",
+        "--json",
+        "--frames",
+        "4",
+        "--runs",
+        "20",
+        "--no-backends",
+        cwd=work,
+        env=env,
+    )
     assert bench.returncode == 0, bench.stderr[-2000:]
     assert '"speedup"' in bench.stdout
 

@@ -364,10 +364,24 @@ def test_compare_backend_without_a_gpu_is_a_one_line_error(
     from drivecap.errors import BackendUnavailable
 
     monkeypatch.setattr(drivecap.encoders.factory, "gpu_available", lambda: False)
+    monkeypatch.setattr(drivecap.encoders.factory, "openvino_available", lambda: False)
     with pytest.raises(BackendUnavailable) as exc:
         make_sides(_cfg(bundle), "backend")
     msg = str(exc.value)
     assert "\n" not in msg and "TensorRT" in msg and "--compare backend" in msg
+    assert "pip install 'drivecap[openvino]'" in msg
+
+
+def test_compare_backend_on_the_cpu_sets_openvino_against_onnxruntime(bundle: Path) -> None:
+    from drivecap.bench.compare import close_sides, make_sides
+
+    sides = make_sides(_cfg(bundle), "backend")
+    try:
+        assert [s.label for s in sides] == ["openvino int8", "onnxruntime int8"]
+        assert [s.encoder.backend for s in sides] == ["openvino", "onnxruntime"]
+        assert sides[0].captioner is sides[1].captioner  # one decoder: only the encoder differs
+    finally:
+        close_sides(sides)
 
 
 def test_bad_rounds_is_a_one_line_error(clip: Path) -> None:

@@ -57,8 +57,15 @@ def test_pool_grid_cells() -> None:
     assert cosine(v, v) == pytest.approx(1.0)
 
 
-def test_auto_backend_is_onnxruntime_without_gpu() -> None:
+def test_auto_backend_without_gpu_is_openvino_when_installed_else_onnxruntime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import drivecap.encoders.factory as factory
+
+    assert resolve_backend(load_config(None)) == "openvino"  # the set-up installs the openvino extra
+    monkeypatch.setattr(factory, "openvino_available", lambda: False)
     assert resolve_backend(load_config(None)) == "onnxruntime"
+    assert resolve_backend(load_config(None, ["encoder.backend=onnxruntime"])) == "onnxruntime"
 
 
 @pytest.mark.slow
@@ -153,10 +160,24 @@ def test_tensorrt_without_gpu_is_one_line_error(store: AssetStore) -> None:
 
 @pytest.mark.slow
 def test_encoder_bench_json(real_cfg: Config) -> None:
-    proc = run_cli("-q", "encoder", "bench", "--json", "--frames", "6", "--runs", "20", cwd=REPO)
+    proc = run_cli(
+        "-q", "encoder", "bench", "--json", "--frames", "6", "--runs", "20", "--caption-frames", "4", cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["fp32"]["runs"] == 20 and r["int8"]["runs"] == 20
     assert r["speedup"] == pytest.approx(r["fp32"]["median_ms"] / r["int8"]["median_ms"], rel=0.01)
     assert 0.98 <= r["cosine_min"] <= r["cosine_mean"] <= 1.0
     assert r["frames"] == 6 and r["clip"] == "project_video01"
+    # The CPU backend table and the caption agreement ride along (OpenVINO is installed by the set-up).
+    table = r["backends"]["table"]
+    assert {"onnxruntime/fp32", "onnxruntime/int8", "openvino/fp32", "openvino/int8"} <= set(table)
+    for row in table.values():
+        assert row["runs"] == 20 and row["two_calls_ms"] > row["batch1_ms"] > 0
+        assert row["faster_mirror"] == ("batch2" if row["batch2_ms"] < row["two_calls_ms"] else "two_calls")
+    auto = r["backends"]["auto"]
+    assert auto["backend"] == "openvino" and auto["fastest_int8"] in table
+    ca = r["caption_agreement"]
+    assert ca["frames"] >= 3 and set(ca["clips"]) == {"project_video01", "challenge01", "street"}
+    for share in ca["pairs"].values():
+        assert 0.0 <= share <= 1.0 and (share * ca["frames"]) == pytest.approx(round(share * ca["frames"]))

@@ -269,7 +269,7 @@ def test_crash_between_engine_and_sidecar_is_not_served(
 
 def tiny_onnx(path: Path, fp32_sha: str | None = None) -> Path:
     """A real (one Identity node) ONNX with the encoder's IO names and preprocessing metadata."""
-    dims: list[int | str] = [1, 3, "height", "width"]
+    dims: list[int | str] = ["batch", 3, "height", "width"]
     graph = helper.make_graph(
         [helper.make_node("Identity", ["image"], ["features"])],
         "tiny",
@@ -300,7 +300,7 @@ def test_engine_key_from_config(tmp_path: Path) -> None:
     assert (key.min_shape, key.opt_shape, key.max_shape) == (
         (1, 3, 256, 224),
         (1, 3, 256, 224),
-        (1, 3, 256, 640),
+        (2, 3, 256, 640),  # batch 2: the frame and its mirror in one call
     )
     assert key.file_name().startswith(f"vgg16_conv5-{key.onnx_sha256[:12]}-trt10.3.0-orin-sm87-fp16-")
     onnx_path.write_bytes(onnx_path.read_bytes() + b" ")  # a re-export: another sha, another engine
@@ -368,7 +368,7 @@ class FakeTrt:
     BuilderFlag = SimpleNamespace(FP16="FP16", INT8="INT8", TF32="TF32")
     TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
 
-    def __init__(self, cuda: FakeCuda, input_dims: tuple[int, ...] = (1, 3, -1, -1)) -> None:
+    def __init__(self, cuda: FakeCuda, input_dims: tuple[int, ...] = (-1, 3, -1, -1)) -> None:
         self.__version__ = "10.3.0"
         self.cuda = cuda
         self.input_dims = input_dims
@@ -673,6 +673,9 @@ def test_builder_reports_parser_errors_and_failed_builds(
     trt.input_dims = (1, 3, 224, 224)  # a static ONNX cannot serve a profile up to 448
     with pytest.raises(ModelError, match="fixed shape"):
         tbuild.build_engine(trt, onnx_path, make_key(max_shape=(1, 3, 448, 448)), 512, None)
+    trt.input_dims = (1, 3, -1, -1)  # a batch fixed at 1 cannot take the frame and its mirror together
+    with pytest.raises(ModelError, match=r"fixed shape.*dynamic batch"):
+        tbuild.build_engine(trt, onnx_path, make_key(max_shape=(2, 3, 224, 224)), 512, None)
 
 
 def test_corrupt_timing_cache_is_replaced(
@@ -700,7 +703,7 @@ def test_ensure_engine_builds_once_then_reuses_then_rebuilds(
 
     first = tbuild.ensure_engine(cfg, "fp16")
     assert first.built and first.path.parent == cfg.engines_dir
-    assert first.path.name.endswith("-trt10.3.0-orin-sm87-fp16-1x3x224x224.engine")
+    assert first.path.name.endswith("-trt10.3.0-orin-sm87-fp16-1x3x224x224-max2x3x224x224.engine")
     assert (cfg.engines_dir / "timing-10.3.0-orin-sm87.cache").is_file()
     assert cuda.stack() == [] and all(c.detached for c in cuda.contexts)  # the build context is gone
 
@@ -752,6 +755,26 @@ def test_encoder_runs_in_its_own_context_per_call(tmp_path: Path, fakes: tuple[F
     assert session_ctx.detached and len(cuda.freed) == 2 and cuda.stack() == []
     with pytest.raises(ModelError, match="closed"):
         enc.infer(x)
+
+
+def test_encoder_runs_frame_and_mirror_as_one_batch_of_two(
+    tmp_path: Path, fakes: tuple[FakeTrt, FakeCuda]
+) -> None:
+    trt, _ = fakes
+    cfg = config(tmp_path)
+    tiny_onnx(encoder_onnx_path(cfg))
+    enc = tb.TensorRTEncoder.from_config(cfg, "fp16")
+    assert enc.engine.key.max_shape == (2, 3, 224, 224) and enc.batch_mirror
+    assert ("set_shape", "image", (1, 3, 224, 224), (1, 3, 224, 224), (2, 3, 224, 224)) in trt.calls
+    frame = np.random.default_rng(4).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    a, b = enc.encode_pair(frame)
+    assert ("set_input_shape", "image", (2, 3, 224, 224)) in trt.calls
+    np.testing.assert_array_equal(a.features, enc.encode(frame).features)  # back to batch 1
+    np.testing.assert_array_equal(b.features, enc.encode(np.ascontiguousarray(frame[:, ::-1])).features)
+    assert not np.array_equal(a.features, b.features)
+    with pytest.raises(ModelError, match="outside the engine's profile"):
+        enc.infer(np.zeros((3, 3, 224, 224), np.float32))
+    enc.close()
 
 
 def test_encoder_refuses_an_engine_changed_after_the_check(

@@ -15,12 +15,17 @@ COMPARES = ("loop", "precision", "gate", "backend")
 def make_sides(cfg: Config, compare: str | None) -> list[Side]:
     """Loads the models each side needs (once per distinct encoder) and builds the sides."""
     from drivecap.decoder.captioner import Captioner
-    from drivecap.encoders.factory import gpu_available, make_encoder
+    from drivecap.encoders.factory import gpu_available, make_encoder, openvino_available
 
-    if compare == "backend" and not gpu_available():
+    backends = [
+        b
+        for b, present in (("tensorrt", gpu_available()), ("openvino", openvino_available()))
+        if present
+    ] + ["onnxruntime"]
+    if compare == "backend" and len(backends) < 2:
         raise BackendUnavailable(
-            "--compare backend needs TensorRT and an NVIDIA GPU (none here); on a GPU machine run "
-            "`drivecap bench SOURCE --compare backend`"
+            "--compare backend needs a second backend beside onnxruntime: pip install 'drivecap[openvino]' "
+            "(CPU), or TensorRT on an NVIDIA GPU"
         )
     variants: list[tuple[str, str, Config]] = []
     if compare in (None, "loop"):
@@ -42,10 +47,10 @@ def make_sides(cfg: Config, compare: str | None) -> list[Side]:
             c.gate.enabled = on
             variants.append((f"gate {'on' if on else 'off'}", "pipeline", c))
     elif compare == "backend":
-        for backend in ("tensorrt", "onnxruntime"):
+        for backend in backends:
             c = copy.deepcopy(cfg)
             c.encoder.backend = backend
-            if backend == "onnxruntime" and c.encoder.precision == "fp16":
+            if backend != "tensorrt" and c.encoder.precision == "fp16":
                 c.encoder.precision = "fp32"
             variants.append((f"{backend} {c.encoder.precision}", "pipeline", c))
     else:

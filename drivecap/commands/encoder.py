@@ -42,6 +42,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     b.add_argument("--frames", type=int, default=24, help="frames sampled evenly from the clip (default 24)")
     b.add_argument("--runs", type=int, default=24, help="timed runs per precision, >= 20 (default 24)")
+    b.add_argument(
+        "--caption-frames",
+        type=int,
+        default=60,
+        metavar="N",
+        help="held-out frames on which captions are compared across backends and precisions (default 60; 0: skip)",
+    )
+    b.add_argument(
+        "--no-backends",
+        action="store_true",
+        help="only ONNX Runtime fp32 vs int8 (skip the CPU backend table and the caption agreement)",
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     b.set_defaults(func=run_bench)
     c = esub.add_parser(
@@ -82,9 +94,23 @@ def run_export(args: argparse.Namespace, cfg: Config) -> int:
 
 def run_bench(args: argparse.Namespace, cfg: Config) -> int:
     from drivecap.bench.encoders import bench_precisions, format_table
+    from drivecap.errors import ConfigError
 
+    if args.caption_frames < 0:
+        raise ConfigError(f"--caption-frames {args.caption_frames} is not allowed: use 0 (skip) or more")
     result = bench_precisions(cfg, args.clip, n_frames=args.frames, runs=args.runs)
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    text = format_table(result)
+    if not args.no_backends:
+        from drivecap.bench.backends import bench_backends, format_backends
+
+        # ONNX Runtime vs OpenVINO, fp32 vs int8, batch 1 vs 2, `auto`, and the caption agreement, in one run.
+        backends = bench_backends(
+            cfg, args.clip, n_frames=args.frames, runs=args.runs, caption_frames=args.caption_frames
+        )
+        result["caption_agreement"] = backends.pop("caption_agreement", None)
+        result["backends"] = backends
+        text += "\n\n" + format_backends({**backends, "caption_agreement": result["caption_agreement"]})
+    print(json.dumps(result, indent=1) if args.json else text)
     return 0
 
 

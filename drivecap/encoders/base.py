@@ -6,7 +6,7 @@ import abc
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 import cv2
 import numpy as np
@@ -73,6 +73,9 @@ class Encoder(abc.ABC):
 
     backend: str = "?"
     precision: str = "fp32"
+    #: :meth:`encode_pair` as one batch-2 call (True) or two calls. Per backend, what measured faster
+    #: (docs/cpu-backends.md); ``encoder.mirror_batch`` overrides it.
+    batch_mirror: bool = False
 
     def __init__(self, preprocess: Preprocess, onnx_sha256: str = "") -> None:
         self.preprocess = preprocess
@@ -91,6 +94,20 @@ class Encoder(abc.ABC):
         t2 = time.perf_counter()
         return EncodeResult(y[0], (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 
+    def encode_pair(self, frame_bgr: npt.NDArray[np.uint8]) -> tuple[EncodeResult, EncodeResult]:
+        """The frame and its horizontal mirror (the mirror view): one batch of 2 when :attr:`batch_mirror`,
+        else two calls. A batch's times are split evenly between the two results."""
+        mirrored = np.ascontiguousarray(cv2.flip(frame_bgr, 1), dtype=np.uint8)
+        if not self.batch_mirror:
+            return self.encode(frame_bgr), self.encode(mirrored)
+        t0 = time.perf_counter()
+        x = np.concatenate([self.preprocess(frame_bgr), self.preprocess(mirrored)])
+        t1 = time.perf_counter()
+        y = self.infer(x)
+        t2 = time.perf_counter()
+        pre, inf = (t1 - t0) * 5e2, (t2 - t1) * 5e2
+        return EncodeResult(y[0], pre, inf), EncodeResult(y[1], pre, inf)
+
     def warmup(self, runs: int) -> None:
         x = np.zeros_like(self._buf)
         for _ in range(runs):
@@ -102,7 +119,7 @@ class Encoder(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release backend resources."""
 
-    def __enter__(self) -> Encoder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

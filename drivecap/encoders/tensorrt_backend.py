@@ -148,6 +148,8 @@ class TensorRTEncoder(Encoder):
     """VGG16 encoder on a TensorRT engine; build it with :meth:`from_config`."""
 
     backend = "tensorrt"
+    # A GPU runs a batch of 2 for little more than one: frame + mirror in one call. Not measured here (no GPU).
+    batch_mirror = True
 
     def __init__(self, engine: EngineInfo, device: int = 0) -> None:
         super().__init__(engine.preprocess, onnx_sha256=engine.encoder_sha256)

@@ -126,8 +126,13 @@ def engine_onnx(cfg: Config, precision: str) -> Path:
     return path
 
 
+#: Largest batch an engine accepts: the mirror view sends the frame and its mirror as one batch of 2.
+MAX_BATCH = 2
+
+
 def profile_shapes(cfg: Config, height: int, width: int) -> tuple[Shape, Shape, Shape]:
-    """Input shape profile (min, opt, max): batch 1 at the encoder's input size, up to tensorrt.max_*.
+    """Input shape profile (min, opt, max): batch 1 at the encoder's input size, up to batch 2 (the frame and
+    its mirror in one call) and tensorrt.max_*.
 
     ``height``/``width`` are what the preprocessing produces (the configured size; 224 for an fc2 model).
     """
@@ -139,7 +144,7 @@ def profile_shapes(cfg: Config, height: int, width: int) -> tuple[Shape, Shape, 
                 f"its own input; set it to 0 or >= {base}"
             )
     opt = (1, 3, height, width)
-    return opt, opt, (1, 3, mh, mw)
+    return opt, opt, (MAX_BATCH, 3, mh, mw)
 
 
 def engine_key(
@@ -212,7 +217,8 @@ def build_engine(trt: Any, onnx: Path, key: EngineKey, workspace_mb: int, timing
         if d >= 0 and not key.min_shape[i] == key.max_shape[i] == d:
             raise ModelError(
                 f"{onnx} input {inp.name!r} has fixed shape {dims}, which cannot take "
-                f"{key.min_shape}..{key.max_shape}; export it with dynamic height/width"
+                f"{key.min_shape}..{key.max_shape}; export it with a dynamic batch, height and width "
+                "(`drivecap encoder export --force` does)"
             )
 
     config = builder.create_builder_config()
