@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from drivecap.config_backends import OpenVINOConfig, TensorRTConfig
 from drivecap.config_recording import RecordConfig, VideoConfig
 from drivecap.errors import ConfigError
 from drivecap.knobs import knob
@@ -61,26 +62,6 @@ class EncoderConfig:
     )
     onnx: str = knob("", "Encoder ONNX path; empty = the exported default in paths.engines_dir")
     warmup_runs: int = knob(2, "Inference runs before anything is timed", min=0, max=100)
-
-
-@dataclass
-class TensorRTConfig:
-    device: int = knob(0, "CUDA device index", min=0, max=64)
-    workspace_mb: int = knob(1024, "Builder workspace memory pool limit (MiB)", min=64, max=65536)
-    timing_cache: bool = knob(True, "Keep a timing cache in paths.engines_dir to speed up rebuilds")
-    max_height: int = knob(
-        0, "Largest input height the engine accepts; 0 = encoder.input_height", min=0, max=4096
-    )
-    max_width: int = knob(
-        0, "Largest input width the engine accepts; 0 = encoder.input_width", min=0, max=4096
-    )
-
-
-@dataclass
-class OpenVINOConfig:
-    device: str = knob(
-        "auto", "OpenVINO device: auto = an Intel GPU when present, else CPU; or CPU, GPU, GPU.1 ..."
-    )
 
 
 @dataclass
