@@ -112,6 +112,7 @@ def test_search_text_facts_urgent_drive_newest_first(out: Path) -> None:
         "text": "person close ahead",
         "urgent": True,
         "thumbnail": os.path.join("tuesday", "tuesday.thumbs", "00001.jpg"),
+        "folder": "tuesday",
     }
     assert hits[1]["thumbnail"] is None
     assert [h["text"] for h in search_captions(out, fact="person:ahead:close")] == ["person close ahead"]

@@ -76,8 +76,8 @@ def search_captions(
 
     ``text``: all its words occur in the caption; ``fact``: see :func:`_fact_clause`; ``urgent``: True for
     urgent captions only, False for the others; ``drive``: that drive's name. Each hit is a dict with
-    ``drive``, ``t`` (s), ``frame``, ``text``, ``urgent`` and ``thumbnail`` (a path relative to the index's
-    folder, or None).
+    ``drive``, ``t`` (s), ``frame``, ``text``, ``urgent``, ``thumbnail`` (a path relative to the index's
+    folder, or None) and ``folder`` (the drive's folder relative to the index's folder).
     """
     if limit < 1:
         raise SearchError(f"limit {limit} is not allowed: use 1 or more")
@@ -98,7 +98,7 @@ def search_captions(
         where.append("d.name = ?")
         args.append(drive)
     sql = (
-        "SELECT d.name, c.t, c.frame, c.text, c.urgent, c.thumbnail FROM captions c "
+        "SELECT d.name, c.t, c.frame, c.text, c.urgent, c.thumbnail, d.folder FROM captions c "
         "JOIN drives d ON d.id = c.drive_id WHERE " + " AND ".join(where) + " "
         "ORDER BY d.recorded DESC, d.id DESC, c.t ASC, c.id ASC LIMIT ?"
     )
@@ -117,7 +117,15 @@ def search_captions(
     finally:
         con.close()
     return [
-        {"drive": r[0], "t": r[1], "frame": r[2], "text": r[3], "urgent": bool(r[4]), "thumbnail": r[5]}
+        {
+            "drive": r[0],
+            "t": r[1],
+            "frame": r[2],
+            "text": r[3],
+            "urgent": bool(r[4]),
+            "thumbnail": r[5],
+            "folder": r[6],
+        }
         for r in rows
     ]
 

@@ -159,11 +159,14 @@ async def search_handler(request: web.Request) -> web.StreamResponse:
         rows = _fleet_search().search_captions(root / "index.sqlite", text=q, urgent=urgent, limit=50)
         out = []
         for r in rows:
-            d = drive_by_id(root, str(r.get("drive", "")))
+            # The index names a drive by its log's stem and folder; the browser's id is the path of both.
+            folder = str(r.get("folder") or "").strip("/")
+            name = str(r.get("drive", ""))
+            d = drive_by_id(root, f"{folder}/{name}" if folder not in ("", ".") else name)
             t = float(r.get("t") or 0.0)
             out.append(
                 {
-                    "drive": r.get("drive"),
+                    "drive": d.id if d is not None else r.get("drive"),
                     "t": t,
                     "frame": r.get("frame"),
                     "text": masked(str(r.get("text", ""))),
