@@ -338,11 +338,10 @@ class OpenVINOEncoder(Encoder):
             return np.array(req.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     def describe(self) -> str:
+        # The same for every open of the same model: it goes into each run's start event, and an offline replay's
+        # JSONL must be byte-identical whether the compiled model came from the cache or not (logged instead).
         name = self.device_name if self.device == "CPU" else f"{self.device} ({self.device_name})"
-        return (
-            f"{super().describe()} {self.path.name} on {name}, OpenVINO {self.version}, "
-            f"threads={self.threads or 'auto'}{' (compiled now)' if not self.from_cache.get(1, False) else ''}"
-        )
+        return f"{super().describe()} {self.path.name} on {name}, OpenVINO {self.version}, threads={self.threads or 'auto'}"
 
     def close(self) -> None:
         with self._lock:
