@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from drivecap.config_backends import OpenVINOConfig, TensorRTConfig
+from drivecap.config_captions import HoldConfig
 from drivecap.config_recording import RecordConfig, VideoConfig
 from drivecap.errors import ConfigError
 from drivecap.knobs import knob
@@ -186,6 +187,7 @@ class Config:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    hold: HoldConfig = field(default_factory=HoldConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)

@@ -246,11 +246,12 @@ def test_factory_builds_openvino_with_the_cache_in_the_engines_folder(small_onnx
         ],
     )
     with make_encoder(cfg) as enc:
-        assert isinstance(enc, OpenVINOEncoder) and enc.threads == 1 and not enc.batch_mirror
+        # OpenVINO measured a batch of 2 faster than two calls for the mirror view (docs/cpu-backends.md).
+        assert isinstance(enc, OpenVINOEncoder) and enc.threads == 1 and enc.batch_mirror
         assert list(small_onnx.parent.glob("vgg16_conv5-*-ov*-cpu-*-fp32-1x3x64x64-t1.ovblob"))
-    cfg.encoder.mirror_batch = "on"
+    cfg.encoder.mirror_batch = "off"
     with make_encoder(cfg) as enc:
-        assert enc.batch_mirror
+        assert not enc.batch_mirror
 
 
 @pytest.mark.parametrize("batch", [True, False])

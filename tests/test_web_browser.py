@@ -112,6 +112,8 @@ def test_drive_browser_plays_a_drive_with_its_subtitles(drives_root: Path, brows
         )
         cues = page.evaluate("[...document.getElementById('player').textTracks[0].cues].map(c => c.text)")
         assert set(cues) <= {c["text"] for c in logged} and cues
+        # Loaded but not drawn over the video (its caption is burned in): text shown once, under the player.
+        assert page.evaluate("document.getElementById('player').textTracks[0].mode") == "hidden"
         # Every caption row has a thumbnail the server made from the MP4.
         page.wait_for_function(
             "[...document.querySelectorAll('#captions li img')].every(i => i.complete && i.naturalWidth > 0)",

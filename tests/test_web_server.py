@@ -400,3 +400,14 @@ def test_run_serve_shows_the_live_view_and_without_it_says_how(tmp_path: Path, s
 def test_replay_serve_needs_realtime_mode() -> None:
     proc = run_cli("replay", "project_video01", "--mode", "offline", "--serve", "8080")
     assert_one_line_error(proc, "--serve", "--mode realtime")
+
+
+def test_lan_url_only_for_a_wildcard_bind_and_never_loopback() -> None:
+    assert WebServer("127.0.0.1", 8080).lan_url is None
+    lan = WebServer("0.0.0.0", 8080, token="t0k").lan_url
+    # A machine without a default route has no address to give; one with a route gives its own, with the token.
+    if lan is not None:
+        assert lan.startswith("http://") and ":8080/?token=t0k" in lan
+        host = lan.split("//")[1].split(":")[0]
+        assert not host.startswith("127.")
+        socket.inet_aton(host)

@@ -1,4 +1,4 @@
-"""The comparisons `drivecap bench --compare` runs: which two sides (loop, precision, gate, backend) and how they are set up and closed."""
+"""The comparisons `drivecap bench --compare` runs: which two sides (loop, precision, gate, hold, backend) and how they are set up and closed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from drivecap.bench.figures import Side
 from drivecap.config import Config
 from drivecap.errors import BackendUnavailable, DrivecapError
 
-COMPARES = ("loop", "precision", "gate", "backend")
+COMPARES = ("loop", "precision", "gate", "hold", "backend")
 
 
 def make_sides(cfg: Config, compare: str | None) -> list[Side]:
@@ -46,6 +46,11 @@ def make_sides(cfg: Config, compare: str | None) -> list[Side]:
             c = copy.deepcopy(cfg)
             c.gate.enabled = on
             variants.append((f"gate {'on' if on else 'off'}", "pipeline", c))
+    elif compare == "hold":
+        for on in (True, False):
+            c = copy.deepcopy(cfg)
+            c.hold.enabled = on
+            variants.append((f"hold {'on' if on else 'off'}", "pipeline", c))
     elif compare == "backend":
         for backend in backends:
             c = copy.deepcopy(cfg)

@@ -85,6 +85,7 @@ class RoundResult:
     fates: dict[str, int] = field(default_factory=dict)
     speech: list[tuple[float, float, float]] = field(default_factory=list)  # (t start, g2s ms, start ms)
     captions: list[tuple[float, float, str]] = field(default_factory=list)  # (t shown, g2c ms, text)
+    cues: list[tuple[float, float, str]] = field(default_factory=list)  # subtitle cues, same text merged
     cpu_s: float = 0.0
     peak_rss_mb: float = math.nan
     peak_scope: str = "run"
@@ -174,9 +175,36 @@ def side_figures(rounds: list[RoundResult]) -> dict[str, Any]:
         "wall_s": wall,
         "source_s": sum(float(r.counts.get("source_s", 0.0)) for r in rounds),
     }
+    out["cues"] = cue_figures([c for r in rounds for c in r.cues[:-1]])
     if first.kind == "naive":
         out["lag_last_ms"] = max(float(r.counts.get("lag_last_ms", 0.0)) for r in rounds)
     return out
+
+
+SHORT_CUE_S = 2.0  # a caption replaced sooner than this is flicker (issue 11)
+
+
+def merged_cues(cues: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Subtitle cues with neighbours of the same text joined (the writer splits long captions)."""
+    out: list[tuple[float, float, str]] = []
+    for start, end, text in cues:
+        if out and out[-1][2] == text and start - out[-1][1] < 0.05:
+            out[-1] = (out[-1][0], end, text)
+        else:
+            out.append((start, end, text))
+    return out
+
+
+def cue_figures(cues: list[tuple[float, float, str]]) -> dict[str, Any]:
+    """How long captions stayed on screen (each run's last cue, cut by the end of the clip, left out)."""
+    lengths = [end - start for start, end, _ in cues]
+    short = sum(1 for x in lengths if x < SHORT_CUE_S)
+    return {
+        "count": len(lengths),
+        "short": short,
+        "short_share": short / len(lengths) if lengths else math.nan,
+        "median_s": percentile(lengths, 50) if lengths else math.nan,
+    }
 
 
 def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:

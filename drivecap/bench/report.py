@@ -216,6 +216,10 @@ def markdown(result: BenchResult | dict[str, Any], command: str, plots: list[str
         lambda s: ", ".join(f"{k} {v}" for k, v in sorted(s["gate_reasons"].items())),
     )
     row("captions shown", lambda s: s["frames"]["captions"])
+    row(
+        "subtitle cues under 2 s (of all but the last)",
+        lambda s: f"{s['cues']['short']} of {s['cues']['count']}" if s.get("cues", {}).get("count") else "-",
+    )
     row("utterances", lambda s: s["frames"]["utterances"])
     row("process CPU (% of one core)", lambda s: fmt(s["cpu"]["cpu_percent"], 0))
     row("peak RSS (MB)", lambda s: f"{fmt(s['memory']['peak_rss_mb'], 0)} ({s['memory']['scope']})")

@@ -228,6 +228,13 @@ def run_pipeline(
         encoder=side.encoder.describe(),
     )
     _add_event_facts(res, events)
+    srt = out_dir / f"{name}.srt"
+    if srt.is_file():
+        from drivecap.bench.figures import merged_cues
+        from drivecap.outputs.subtitles import parse_srt
+
+        with contextlib.suppress(ValueError):  # a run cut short mid-cue still has its earlier cues
+            res.cues = merged_cues(parse_srt(srt.read_text(encoding="utf-8")))
     return res
 
 

@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--compare",
-        choices=("loop", "precision", "gate", "backend", "writer"),
+        choices=("loop", "precision", "gate", "hold", "backend", "writer"),
         help="loop: pipeline vs the naive one-thread loop; precision: int8 vs fp32; gate: on vs off; "
+        "hold: fact hold on vs off (subtitle cues under 2 s); "
         "backend: tensorrt vs onnxruntime (GPU machines only); writer: mp4v vs H.264 presets (realtime "
         "replay: write ms, fps_out, MB/min, PSNR)",
     )

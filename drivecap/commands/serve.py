@@ -36,6 +36,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     server = WebServer(host, port, token=token, root=root)
     with server:
         print(f"drive browser: {server.url}", flush=True)
+        if server.lan_url:
+            print(f"drive browser on the car's network: {server.lan_url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how this command ends
             threading.Event().wait()
     return 0

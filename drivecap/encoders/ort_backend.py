@@ -47,12 +47,19 @@ class OrtEncoder(Encoder):
         )
         self.path = path
         self.precision = precision
+        # The mirror view as one batch of 2 where it measured faster than two calls, in three idle runs of
+        # `drivecap encoder bench` (median batch 2 / two calls): INT8 0.963, fp32 1.022 (docs/cpu-backends.md).
+        self.batch_mirror = precision == "int8"
         self.metadata = meta
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # ONNX Runtime's pool threads spin-wait after every run by default; on a small CPU shared with the
+        # capture, overlay and video-writer threads (and, in a bench, other backends) that spinning takes
+        # their time. An inference is ~100+ ms, so the wake-up a sleeping pool pays is lost in the noise.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:

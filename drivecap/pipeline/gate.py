@@ -10,6 +10,8 @@ Two stages, both configured by ``cfg.gate``:
   ``min_interval_s`` stays open (pending) only while the distance stays above ``close_threshold``, so a
   blip (a frame of glare, a car flashing past) that reverts does not produce a caption a second later.
   ``max_age_s`` re-captions a scene that stayed the same, so a displayed caption is never older than that.
+  :meth:`SemanticGate.request` asks for one more caption at a given time (the fact hold, when a change it
+  holds back could be decided then), still no sooner than ``min_interval_s`` after the last one.
 
 Both are pure functions of their inputs and the times passed in (no clock inside), so offline replay,
 which passes file timestamps, gets the same decisions on every run.
@@ -27,7 +29,7 @@ from drivecap.config import GateConfig
 
 FloatArray = npt.NDArray[np.float32]
 
-Reason = Literal["first", "change", "age", "pending", "blip", "steady", "interval", "always"]
+Reason = Literal["first", "change", "age", "confirm", "pending", "blip", "steady", "interval", "always"]
 
 
 def grey_thumbnail(image: npt.NDArray[np.uint8], size: int) -> FloatArray:
@@ -99,6 +101,7 @@ class SemanticGate:
         self._ref: FloatArray | None = None
         self._t_last: float | None = None
         self._pending = False
+        self._due: float | None = None
 
     @property
     def state(self) -> str:
@@ -118,6 +121,8 @@ class SemanticGate:
             return self._open(pooled, t, d, "always", age)
         if cfg.max_age_s > 0 and age >= cfg.max_age_s:
             return self._open(pooled, t, d, "age", age)
+        if self.is_due(t) and age >= cfg.min_interval_s:
+            return self._open(pooled, t, d, "confirm", age)
         if self._pending:
             if d < cfg.close_threshold:
                 self._pending = False
@@ -134,7 +139,16 @@ class SemanticGate:
         self._ref = pooled.astype(np.float32, copy=True)
         self._t_last = t
         self._pending = False
+        self._due = None
         return GateDecision(True, d, reason, self.state, age)
+
+    def request(self, t_due: float | None) -> None:
+        """One more caption wanted at ``t_due`` (None: nothing wanted); replaced by the next request."""
+        self._due = t_due
+
+    def is_due(self, t: float) -> bool:
+        """A requested caption is due at ``t`` (the pixel pre-gate must not skip this frame)."""
+        return self._due is not None and t >= self._due
 
     def caption_age(self, t: float) -> float:
         return float("inf") if self._t_last is None else t - self._t_last
@@ -143,3 +157,4 @@ class SemanticGate:
         self._ref = None
         self._t_last = None
         self._pending = False
+        self._due = None

@@ -8,7 +8,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from drivecap.captions.grammar import for_people
+from drivecap.captions.grammar import for_people, parse, render
+from drivecap.captions.hold import FactHold
 from drivecap.config import Config
 from drivecap.errors import DrivecapError
 from drivecap.frames import Frame
@@ -63,6 +64,7 @@ class CaptionEvent:
     gate_reason: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     t_shown: float | None = None
+    raw_text: str | None = None  # the decoder's own caption when the fact hold changed it
 
     def to_event(self, t_shown_pos: float | None = None) -> dict[str, Any]:
         ev: dict[str, Any] = {
@@ -77,6 +79,8 @@ class CaptionEvent:
             "gate": rounded(self.gate_distance),
             "reason": self.gate_reason,
         }
+        if self.raw_text is not None:
+            ev["raw"] = self.raw_text
         if t_shown_pos is not None:
             ev["t_shown"] = rounded(t_shown_pos, 3)
         wall = {k: rounded(v, 2) for k, v in self.timings_ms.items()}
@@ -98,6 +102,8 @@ class Inference:
         self.metrics = metrics
         self.pregate = PixelPreGate(cfg.gate.thumb_size, cfg.gate.pixel_threshold)
         self.gate = SemanticGate(cfg.gate)
+        h = cfg.hold
+        self.hold = FactHold(h.enter_s, h.leave_s, h.urgent_enter_s) if h.enabled else None
         self.n_captions = 0
         self.encoded = 0
         self.pregate_skipped = 0
@@ -150,7 +156,7 @@ class Inference:
             "pixel": rounded(pscore),
         }
         age = self.gate.caption_age(frame.t_source)
-        if cfg.gate.enabled and not moved and age < cfg.gate.max_age_s:
+        if cfg.gate.enabled and not moved and age < cfg.gate.max_age_s and not self.gate.is_due(frame.t_source):
             self.pregate_skipped += 1
             gate_ev.update(encoded=False, open=False, reason="static", state=self.gate.state)
             self.gate_text = f"{self.gate.state} static"
@@ -206,12 +212,13 @@ class Inference:
         self.metrics.record("encode_captioned", enc_ms)
         self.metrics.since("caption_ready", frame.t_capture)
         self.n_captions += 1
+        text, tokens, raw = self._held(cap.text, tuple(cap.tokens), frame.t_source)
         ev = CaptionEvent(
             id=self.n_captions,
-            text=for_people(cap.text),
-            tokens=tuple(cap.tokens),
+            text=for_people(text),
+            tokens=tokens,
             score=float(cap.score),
-            urgent=caption_is_urgent(cap.text),
+            urgent=caption_is_urgent(text),
             frame=frame.index,
             t=frame.t_source,
             t_capture=frame.t_capture,
@@ -225,8 +232,22 @@ class Inference:
                 "mirror_encode_ms": mirror_ms,
                 "wait_ms": (t0 - frame.t_capture) * 1e3,
             },
+            raw_text=None if raw is None else for_people(raw),
         )
         return gate_ev, ev
+
+    def _held(self, text: str, tokens: tuple[str, ...], t: float) -> tuple[str, tuple[str, ...], str | None]:
+        """(caption to show, its tokens, the decoder's caption if the fact hold changed it)."""
+        if self.hold is None:
+            return text, tokens, None
+        from drivecap.captions.grammar import tokenize
+
+        shown = render(self.hold.update(parse(text), t))
+        if self.cfg.hold.confirm:
+            self.gate.request(self.hold.due())
+        if shown == text:
+            return text, tokens, None
+        return shown, tuple(tokenize(shown)), text
 
     def _encode_mirror(self, frame: Frame) -> Any:
         """The encoder's result on the mirrored frame (for the mirror view), or None if that encode fails:

@@ -36,6 +36,8 @@ def live_server(args: argparse.Namespace, metrics: Any) -> Iterator[Any]:
     feed, server = start_live_server(args.serve, args.token, metrics)
     try:
         print(f"live view: {server.url}", flush=True)
+        if server.lan_url:
+            print(f"live view on the car's network: {server.lan_url}", flush=True)
         yield feed
     finally:
         server.stop()

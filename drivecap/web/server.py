@@ -135,6 +135,24 @@ class WebServer:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
+    @property
+    def lan_url(self) -> str | None:
+        """Bound to every address: the URL a phone or tablet on the car's network opens (this machine's
+        address on the interface of its default route; None when it has none). Finding it sends nothing."""
+        if self.host not in ("0.0.0.0", "::", ""):
+            return None
+        import socket
+
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(("10.254.254.254", 9))  # UDP connect picks a route and sends no packet
+                addr = str(s.getsockname()[0])
+        except OSError:
+            return None
+        if addr.startswith("127.") or addr == "0.0.0.0":
+            return None
+        return f"http://{addr}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+
     def start(self) -> WebServer:
         self._thread = threading.Thread(target=self._serve, name="web-server", daemon=True)
         self._thread.start()

@@ -29,8 +29,11 @@
     player.replaceChildren();
     player.src = d.video;
     const track = el("track"); track.kind = "captions"; track.label = "captions"; track.srclang = "en";
-    track.src = d.vtt; track.default = true;
+    track.src = d.vtt;
     player.append(track);
+    // The caption is burned into the video already: the track is loaded for the text under the player
+    // (and for the player's own CC button), not drawn over the picture a second time.
+    player.textTracks[0].mode = "hidden";
     const body = await getJSON("/api/captions?drive=" + encodeURIComponent(d.id));
     state.captions = body.captions;
     document.getElementById("list-title").textContent = body.captions.length + " captions in " + d.name;
