@@ -20,12 +20,12 @@ class HoldConfig:
         min=0.0,
         max=60.0,
     )
-    leave_s: float = knob(2.0, "A shown fact goes once missing this long", min=0.0, max=60.0)
+    leave_s: float = knob(3.0, "A shown fact goes once missing this long", min=0.0, max=60.0)
     urgent_enter_s: float = knob(
         0.0, "Enter time of a road user close ahead or a red light ahead (0 = at once)", min=0.0, max=60.0
     )
     confirm: bool = knob(
-        True,
+        False,
         "While a change is pending, caption again when it could be decided (one extra caption) instead of "
         "waiting for the scene to move or for gate.max_age_s",
     )

@@ -21,7 +21,7 @@ class VideoConfig:
         choices=("h264", "mp4v"),
     )
     preset: str = knob(
-        "superfast",
+        "ultrafast",
         "x264 preset: slower presets give smaller files for the same quality but cost CPU the encoder needs "
         "(see docs/recording.md for the measured trade-off on 2 cores)",
         choices=(
@@ -36,7 +36,7 @@ class VideoConfig:
             "veryslow",
         ),
     )
-    crf: int = knob(19, "x264 constant rate factor: lower = better quality, bigger files", min=0, max=51)
+    crf: int = knob(21, "x264 constant rate factor: lower = better quality, bigger files", min=0, max=51)
     keyint_s: float = knob(
         1.0,
         "Seconds between keyframes = fragment length: what a crash may lose (plus ~0.2 s); shorter costs size",

@@ -155,5 +155,35 @@ def test_gate_opens_for_a_requested_caption_no_sooner_than_min_interval() -> Non
 
 def test_hold_knobs_in_config() -> None:
     cfg = Config()
-    assert cfg.hold.enabled and cfg.hold.enter_s == 1.0 and cfg.hold.leave_s == 2.0
-    assert cfg.hold.urgent_enter_s == 0.0
+    assert cfg.hold.enabled and cfg.hold.enter_s == 1.0 and cfg.hold.leave_s == 3.0
+    assert cfg.hold.urgent_enter_s == 0.0 and not cfg.hold.confirm  # chosen on the training clips
+
+
+def test_hand_captions_are_training_frames_in_the_grammar() -> None:
+    from drivecap.assets import CLIPS
+    from drivecap.training.handcheck import load_hand
+
+    hand = load_hand()
+    assert len(hand) >= 30
+    for hf in hand:
+        held = CLIPS[hf.clip].held_out_from
+        assert held != 0, f"{hf.clip} is a held-out clip"
+        assert held is None or hf.frame < held, f"{hf.clip} frame {hf.frame} is held out"
+    assert {hf.clip for hf in hand} == {"project_video02", "project_video03", "challenge02", "challenge03", "street"}
+
+
+def test_handcheck_agreement_counts() -> None:
+    from drivecap.training.handcheck import agreement
+
+    a = agreement(
+        [
+            (frozenset({"vehicle:left", "person:ahead"}), frozenset({"vehicle:left"})),
+            (frozenset(), frozenset({"person:ahead", "person:ahead:close"})),
+            (frozenset({"road:curve left"}), frozenset({"road:curve left"})),
+        ]
+    )
+    assert a["frames"] == 3 and a["exact"] == pytest.approx(1 / 3, abs=1e-3)
+    assert a["keys"]["precision"] == pytest.approx(2 / 3, abs=1e-3)  # 2 of 3 teacher keys right
+    assert a["keys"]["recall"] == pytest.approx(2 / 4, abs=1e-3)  # 2 of 4 hand keys found
+    assert a["ahead"]["precision"] == 0.0 and a["ahead"]["hand_keys"] == 2
+    assert a["families"]["person"]["recall"] == 0.0

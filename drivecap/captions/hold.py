@@ -90,7 +90,7 @@ class _Track:
 class FactHold:
     """Facts in (one decoded caption at a time), held facts out; see the module docstring."""
 
-    def __init__(self, enter_s: float = 1.0, leave_s: float = 2.0, urgent_enter_s: float = 0.0) -> None:
+    def __init__(self, enter_s: float = 1.0, leave_s: float = 3.0, urgent_enter_s: float = 0.0) -> None:
         self.enter_s = enter_s
         self.leave_s = leave_s
         self.urgent_enter_s = urgent_enter_s

@@ -83,10 +83,9 @@ def agreement(pairs: Sequence[tuple[frozenset[str], frozenset[str]]]) -> dict[st
             else:
                 c[2] += 1
                 fn += 1
-    ahead = [(t, h) for t, h in pairs]
-    a_tp = sum(len({k for k in t & h if ":ahead" in k}) for t, h in ahead)
-    a_fp = sum(len({k for k in t - h if ":ahead" in k}) for t, h in ahead)
-    a_fn = sum(len({k for k in h - t if ":ahead" in k}) for t, h in ahead)
+    a_tp = sum(len({k for k in t & h if ":ahead" in k}) for t, h in pairs)
+    a_fp = sum(len({k for k in t - h if ":ahead" in k}) for t, h in pairs)
+    a_fn = sum(len({k for k in h - t if ":ahead" in k}) for t, h in pairs)
     return {
         "frames": len(pairs),
         "exact": round(sum(t == h for t, h in pairs) / len(pairs), 3) if pairs else 0.0,
