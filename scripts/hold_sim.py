@@ -43,7 +43,7 @@ def extract(cfg: Config, cache: Path) -> dict[str, dict[str, np.ndarray]]:
     for name in TRAINING:
         path = cache / f"{name}.npz"
         if path.is_file():
-            out[name] = dict(np.load(path))
+            out[name] = dict(np.load(path, allow_pickle=False))
             continue
         if enc is None:
             enc, _ = load_models(cfg)

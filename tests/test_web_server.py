@@ -411,3 +411,18 @@ def test_lan_url_only_for_a_wildcard_bind_and_never_loopback() -> None:
         host = lan.split("//")[1].split(":")[0]
         assert not host.startswith("127.")
         socket.inet_aton(host)
+
+
+def test_serve_stops_on_ctrl_c_even_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A child of a process that ignores SIGINT inherits the ignore; the command installs its own handler."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drivecap", "-q", "serve", str(tmp_path), "--bind", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("drive browser: http://127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import signal
 import threading
 from pathlib import Path
 
@@ -38,6 +38,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"drive browser: {server.url}", flush=True)
         if server.lan_url:
             print(f"drive browser on the car's network: {server.lan_url}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how this command ends
-            threading.Event().wait()
+        # Ctrl-C / SIGTERM end the command. The handlers are installed, not inherited: a process started with
+        # SIGINT ignored (a child of a parent that ignores it) would otherwise never stop on Ctrl-C.
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            pass
     return 0
