@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from drivecap.captions.grammar import for_people, parse, render
+from drivecap.captions.grammar import for_people, parse, render, tokenize
 from drivecap.captions.hold import FactHold
 from drivecap.config import Config
 from drivecap.errors import DrivecapError
@@ -240,8 +240,6 @@ class Inference:
         """(caption to show, its tokens, the decoder's caption if the fact hold changed it)."""
         if self.hold is None:
             return text, tokens, None
-        from drivecap.captions.grammar import tokenize
-
         shown = render(self.hold.update(parse(text), t))
         if self.cfg.hold.confirm:
             self.gate.request(self.hold.due())
