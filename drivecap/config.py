@@ -70,6 +70,12 @@ class CalibrationConfig:
     frames: int = knob(150, "Calibration frames sampled evenly from the training drives", min=8, max=5000)
     seed: int = knob(0, "Seed for the frame sampler", min=0)
     method: str = knob("minmax", "Activation range estimator", choices=("minmax", "entropy", "percentile"))
+    percentile: float = knob(
+        99.999,
+        "With method percentile: the share (%) of activation values inside the range",
+        min=90.0,
+        max=100.0,
+    )
     clips: list[str] = knob(
         ["project_video02", "project_video03", "challenge02", "challenge03", "street"],
         "Training clips to sample from (never a held-out clip)",

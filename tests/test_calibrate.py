@@ -115,3 +115,42 @@ def test_missing_int8_names_the_command(tmp_path: Path) -> None:
     cfg = load_config(None, [f"paths.engines_dir={tmp_path}"])
     with pytest.raises(ModelError, match="drivecap calibrate"):
         check_int8_fresh(cfg, int8_onnx_path(cfg))
+
+
+def _activation_scales(path: Path) -> dict[str, float]:
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {
+        n.input[0]: float(inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1
+    }
+
+
+def test_percentile_calibration_clips_ranges_and_is_its_own_set(small_cfg: Config, store: object) -> None:
+    path, _ = calibrate(small_cfg, progress=False)
+    minmax = _activation_scales(path)
+    pct = load_config(
+        None,
+        [
+            f"paths.engines_dir={small_cfg.engines_dir}",
+            f"paths.calibration_dir={small_cfg.calibration_dir}",
+            "calibration.frames=8",
+            "calibration.clips=[project_video02]",
+            "encoder.input_height=64",
+            "encoder.input_width=64",
+            "encoder.threads=1",
+            "calibration.method=percentile",
+            "calibration.percentile=99.0",
+        ],
+    )
+    # The estimator and its percentile are part of the set: switching either rebuilds the INT8 file.
+    assert calibrate(pct, progress=False)[1]
+    assert '"percentile": 99.0' in (pct.calibration_dir / MANIFEST_NAME).read_text()
+    clipped = _activation_scales(path)
+    assert clipped.keys() == minmax.keys() and len(minmax) >= 13
+    # A percentile range never reaches past the largest value seen, and on these maps it is narrower somewhere.
+    assert all(clipped[k] <= minmax[k] * 1.0001 for k in minmax)
+    assert any(clipped[k] < 0.9 * minmax[k] for k in minmax)
+    assert calibrate(small_cfg, progress=False)[1]
+    assert _activation_scales(path) == pytest.approx(minmax)
