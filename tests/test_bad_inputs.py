@@ -261,6 +261,13 @@ def _bundle_other_encoder(b: Path) -> None:
     (b / "bundle.json").write_text(json.dumps(meta))
 
 
+def _bundle_other_input_size(b: Path) -> None:
+    # A decoder trained on frame-shaped 224x384 input reads 7x12 maps; pooled to its cells they look valid.
+    meta = json.loads((b / "bundle.json").read_text())
+    meta["encoder"]["input_width"] = 384
+    (b / "bundle.json").write_text(json.dumps(meta))
+
+
 def _bundle_future_format(b: Path) -> None:
     meta = json.loads((b / "bundle.json").read_text())
     meta["format_version"] = 99
@@ -278,6 +285,7 @@ BAD_BUNDLES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
     ("vocab-size-mismatch", _bundle_vocab_size, ("vocabulary size",)),
     ("other-encoder", _bundle_other_encoder, ("trained on encoder abababababab",)),
     ("future-format", _bundle_future_format, ("format_version 99",)),
+    ("other-input-size", _bundle_other_input_size, ("224x384 encoder input", "encoder.input_height")),
 ]
 
 

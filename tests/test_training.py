@@ -285,3 +285,13 @@ def test_heldout_evaluation_with_the_mirror_view(tmp_path: Path) -> None:
         rows = [ln for ln in table.splitlines() if ln.startswith("|")]
         if rows:
             assert len({ln.count("|") for ln in rows}) == 1, table
+
+
+def test_feature_cache_is_keyed_by_input_size(tmp_path: Path) -> None:
+    """Maps of a 224x384 input must never be read as (or merged into) the 224x224 cache."""
+    from drivecap.training.features import features_dir
+
+    sha = "ab" * 32
+    square, frame_shaped = features_dir(tmp_path, sha, 224, 224), features_dir(tmp_path, sha, 224, 384)
+    assert square != frame_shaped and square.parent == frame_shaped.parent == tmp_path / "features"
+    assert features_dir(tmp_path, "cd" * 32, 224, 224) != square

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     width = args.beam or (cfg.decoder.beam_width if cfg.decoder.beam_width > 1 else 3)
     cap = Captioner.from_folder(folder, beam_width=1, max_tokens=cfg.decoder.max_tokens, encoder_sha256=sha)
     home = drivecap_home(cfg.paths.home)
-    feats = features_dir(home, sha)
+    feats = features_dir(home, sha, cap.bundle.encoder.input_height, cap.bundle.encoder.input_width)
 
     # Held-out features: whatever the cache lacks is encoded now (fp32, as in training).
     missing: dict[str, list[int]] = {}

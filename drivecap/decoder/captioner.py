@@ -18,6 +18,19 @@ from drivecap.errors import ModelError
 log = logging.getLogger(__name__)
 
 
+def check_input_size(bundle: Bundle, height: int, width: int) -> None:
+    """One line naming the bundle and both sizes when the encoder input is not what the decoder was trained on:
+    conv5 maps of another input size still pool into the same cells, so the mismatch would otherwise pass
+    silently and the captions would be wrong."""
+    ref = bundle.encoder
+    if (ref.input_height, ref.input_width) != (height, width):
+        raise ModelError(
+            f"caption bundle {bundle.folder} was trained on {ref.input_height}x{ref.input_width} encoder input, "
+            f"but encoder.input_height x encoder.input_width is {height}x{width}: set them to "
+            f"{ref.input_height}x{ref.input_width} or use a bundle trained at {height}x{width}"
+        )
+
+
 @dataclass(frozen=True)
 class Caption:
     """One decoded caption. ``score`` is the sum of the tokens' log-probabilities (end token included)."""
@@ -60,6 +73,7 @@ class Captioner:
                 "set decoder.bundle to a folder made by `drivecap train`"
             )
         bundle = load_bundle(folder, encoder_sha256=encoder_sha256)
+        check_input_size(bundle, cfg.encoder.input_height, cfg.encoder.input_width)
         log.info(
             "caption bundle %s: %s decoder, %d words, pooling %dx%d",
             folder,

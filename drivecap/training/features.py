@@ -1,9 +1,9 @@
 """Encoder feature cache: conv5 maps of every labelled frame and of its mirror, computed once per encoder.
 
-``$DRIVECAP_HOME/features/<sha12>/<clip>.npz`` holds ``frames`` (frame indices), ``fmap`` and ``fmap_mirror``
+``$DRIVECAP_HOME/features/<sha12>-<h>x<w>/<clip>.npz`` holds ``frames`` (frame indices), ``fmap`` and ``fmap_mirror``
 ((N, 512, h, w) float16) for one clip. The mirror entry is the encoder's map of the horizontally flipped
 *image* (flipping the feature map instead would not be what the encoder sees on a mirrored road). The folder
-is keyed by the fp32 encoder ONNX sha256, so features of another encoder are never mixed in. Extraction is
+is keyed by the fp32 encoder ONNX sha256 and the input size, so features of another encoder are never mixed in. Extraction is
 incremental: a later run with a finer stride encodes only the frames that are missing.
 """
 
@@ -28,8 +28,9 @@ from drivecap.errors import AssetError
 log = logging.getLogger(__name__)
 
 
-def features_dir(home: Path, encoder_sha256: str) -> Path:
-    return home / "features" / encoder_sha256[:12]
+def features_dir(home: Path, encoder_sha256: str, height: int, width: int) -> Path:
+    """One folder per encoder file and input size (maps of another size must never be mixed in)."""
+    return home / "features" / f"{encoder_sha256[:12]}-{height}x{width}"
 
 
 @dataclass

@@ -74,7 +74,7 @@ def extract_all(enc: Encoder, home: Path, stride: int, clips: list[str] | None =
     """Fills the feature cache; returns what it did and how long it took."""
     from tqdm import tqdm
 
-    folder = features_dir(home, enc.onnx_sha256)
+    folder = features_dir(home, enc.onnx_sha256, enc.preprocess.height, enc.preprocess.width)
     plan = default_frame_plan(stride)
     order = clips or [*sorted(HELD_OUT_CLIPS), "street", *[c for c in training_clips() if c != "street"]]
     encoded, seconds, per_clip = 0, 0.0, {}
