@@ -295,3 +295,49 @@ def test_feature_cache_is_keyed_by_input_size(tmp_path: Path) -> None:
     square, frame_shaped = features_dir(tmp_path, sha, 224, 224), features_dir(tmp_path, sha, 224, 384)
     assert square != frame_shaped and square.parent == frame_shaped.parent == tmp_path / "features"
     assert features_dir(tmp_path, "cd" * 32, 224, 224) != square
+
+
+def test_attention_over_the_full_grid_learns_sides_and_reads_the_cache_grid(tmp_path: Path) -> None:
+    """The 'attention-grid' candidate: every cell of the cached map, its grid read from the cache."""
+    from drivecap.decoder.captioner import pool_cells
+    from drivecap.training.features import map_grid
+
+    rng = np.random.default_rng(0)
+    fmap = rng.random((2, 4, 3, 7)).astype(np.float16)
+    _save(tmp_path / "f", ClipFeatures("c", np.array([0, 1]), fmap, fmap.copy()), {})
+    assert map_grid(tmp_path / "f", ["missing", "c"]) == (3, 7)
+
+    def grid_split(n: int, seed: int, clip: str) -> Split:
+        r = np.random.default_rng(seed)
+        samples, cells = [], []
+        for i in range(n):
+            m, facts = _scene(r)
+            for mirrored, mm, f in ((False, m, facts), (True, m[:, :, ::-1], facts.mirrored())):
+                samples.append(Sample(clip, i, mirrored, render(f), f.to_json(), "train"))
+                cells.append(pool_cells(np.ascontiguousarray(mm), 3, 7))
+        return Split(samples, np.stack(cells))
+
+    train, val = grid_split(300, 0, "a"), grid_split(60, 1, "b")
+    assert train.cells.shape[1:] == (21, D)
+    s = TrainSettings(
+        kind="attention",
+        rows=3,
+        cols=7,
+        embed_dim=16,
+        hidden_dim=32,
+        image_dim=32,
+        attention_dim=16,
+        max_epochs=12,
+        patience=12,
+        dropout=0.1,
+        lr=5e-3,
+    )
+    model, hist = fit(train, val, caption_vocab(), s, val_scorer)
+    assert hist.epochs[hist.best_epoch]["val_fact_f1"] > 0.8
+    save_bundle(
+        tmp_path / "b", model.arch, model.export(), caption_vocab(), EncoderRef(), Pooling(3, 7), "# t\n"
+    )
+    cap = Captioner(load_bundle(tmp_path / "b"), beam_width=1, max_tokens=17)
+    assert [cap.caption_cells(c).text for c in val.cells[:20]] == decode_split(
+        model, val.cells[:20], caption_vocab(), 17
+    )

@@ -80,6 +80,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)"
     )
+    p.add_argument(
+        "--cv-seeds", type=int, default=3, help="loco: seeds per fold, ensembles of 1..N scored (default 3)"
+    )
     p.add_argument("--extract-only", action="store_true", help="only fill the feature cache, then stop")
     p.add_argument("--json", action="store_true", help="print the training report as one JSON object")
     p.set_defaults(func=run)
@@ -92,6 +95,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         raise DrivecapError("drivecap train needs torch: pip install 'drivecap[train]'") from None
     from drivecap.training.pipeline import TrainRequest, train_pipeline
 
+    if not 1 <= args.cv_seeds <= 3:
+        raise DrivecapError(f"--cv-seeds {args.cv_seeds} is not allowed: use 1, 2 or 3")
     if args.stride < 1:
         raise DrivecapError(f"--stride {args.stride} is not allowed: use 1 or more")
     cmd = "drivecap " + " ".join(sys.argv[1:])
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         seed=args.seed,
         threads=args.threads,
         extract_only=args.extract_only,
+        cv_seeds=args.cv_seeds,
         command=cmd,
     )
     t0 = time.perf_counter()

@@ -56,6 +56,17 @@ def load_clip_features(folder: Path, clip: str) -> ClipFeatures | None:
         return ClipFeatures(clip, z["frames"].astype(np.int64), z["fmap"], z["fmap_mirror"])
 
 
+def map_grid(folder: Path, clips: Iterable[str]) -> tuple[int, int]:
+    """(h, w) of the cached conv5 maps: the grid an attention decoder reads whole."""
+    for clip in clips:
+        path = cache_path(folder, clip)
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                shape = z["fmap"].shape
+            return int(shape[2]), int(shape[3])
+    raise AssetError(f"no cached features in {folder}; let `drivecap train` extract them first")
+
+
 def _save(folder: Path, feats: ClipFeatures, meta: dict[str, object]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = cache_path(folder, feats.clip)

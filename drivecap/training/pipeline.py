@@ -19,7 +19,7 @@ from drivecap.decoder.vocab import Vocab
 from drivecap.encoders.base import Encoder
 from drivecap.errors import DrivecapError
 from drivecap.training.data import Split, load_split
-from drivecap.training.features import default_frame_plan, extract_clip, features_dir
+from drivecap.training.features import default_frame_plan, extract_clip, features_dir, map_grid
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "merge2x3+tokenweights": {"token_weight_power": 0.5},
     "merge2x3+auxfacts": {"aux_weight": 1.0},
     "merge2x3+auxfacts+tokenweights": {"aux_weight": 1.0, "token_weight_power": 0.5},
+    # Soft attention over every cell of the conv5 map (rows/cols 0 = the cached map's own grid: 7x7 at
+    # 224x224, 7x12 at 224x384), Show-Attend-and-Tell style.
+    "attention-grid": {"kind": "attention", "rows": 0, "cols": 0},
+    "attention-grid+auxfacts": {"kind": "attention", "rows": 0, "cols": 0, "aux_weight": 1.0},
 }
 CV_SEEDS = (0, 1, 2)
 CV_EPOCHS = (1, 2, 3, 4, 6, 8, 10, 12)
@@ -58,6 +62,7 @@ class TrainRequest:
     seed: int = 0
     threads: int = 1
     extract_only: bool = False
+    cv_seeds: int = len(CV_SEEDS)
     command: str = "drivecap train"
 
 
@@ -76,7 +81,8 @@ def extract_all(enc: Encoder, home: Path, stride: int, clips: list[str] | None =
 
     folder = features_dir(home, enc.onnx_sha256, enc.preprocess.height, enc.preprocess.width)
     plan = default_frame_plan(stride)
-    order = clips or [*sorted(HELD_OUT_CLIPS), "street", *[c for c in training_clips() if c != "street"]]
+    # Training clips only: `drivecap eval` encodes the held-out frames it needs, when it needs them.
+    order = clips or ["street", *[c for c in training_clips() if c != "street"]]
     encoded, seconds, per_clip = 0, 0.0, {}
     with tqdm(total=sum(len(plan[c]) for c in order), desc="features", unit="frame", disable=None) as bar:
         for clip in order:
@@ -314,10 +320,19 @@ def _loco_pipeline(
     from drivecap.training.crossval import baseline_cross_validate, best_choice, cross_validate
     from drivecap.training.train import TrainSettings, train_fixed
 
-    rows, cols = 2, 3
-    data = load_split(
-        home, folder, training_clips(), rows, cols, train_ranges(), with_flipped=True, stride=req.stride
-    )
+    grid = map_grid(folder, training_clips())
+    splits: dict[tuple[int, int], Split] = {}
+
+    def split_for(name: str) -> tuple[Split, int, int]:
+        c = CANDIDATES[name]
+        rc = (c.get("rows") or grid[0], c.get("cols") or grid[1]) if "rows" in c else (2, 3)
+        if rc not in splits:
+            splits[rc] = load_split(
+                home, folder, training_clips(), *rc, train_ranges(), with_flipped=True, stride=req.stride
+            )
+        return splits[rc], rc[0], rc[1]
+
+    data, rows, cols = split_for(req.candidates[0])
     if not len(data):
         raise DrivecapError(
             "no labelled training frames with cached features; run `drivecap label` and let "
@@ -344,11 +359,15 @@ def _loco_pipeline(
     log.info("baseline over the folds: %s; flip floor %.3f", base_cv["mean"], min_flip)
     cv: dict[str, Any] = {}
     best: tuple[float, str, int, int] | None = None
+    seeds = CV_SEEDS[: req.cv_seeds]
     for name in req.candidates:
-        s = TrainSettings(kind="merge", rows=rows, cols=cols, max_epochs=max_epochs, threads=req.threads)
-        s = TrainSettings(**{**asdict(s), **CANDIDATES[name]})
-        log.info("cross-validating %s over %d clips", name, len(report["train_clips"]))
-        r = cross_validate(data, vocab, s, seeds=CV_SEEDS, check_epochs=checks)
+        data, rows, cols = split_for(name)
+        s = TrainSettings(kind="merge", max_epochs=max_epochs, threads=req.threads)
+        s = TrainSettings(**{**asdict(s), **CANDIDATES[name], "rows": rows, "cols": cols})
+        log.info(
+            "cross-validating %s (%dx%d cells) over %d clips", name, rows, cols, len(report["train_clips"])
+        )
+        r = cross_validate(data, vocab, s, seeds=seeds, check_epochs=checks)
         k, e, score = best_choice(r, min_flip=min_flip)
         k0, e0, s0 = best_choice(r)
         cv[name] = {
@@ -365,12 +384,15 @@ def _loco_pipeline(
     report["cv_seconds"] = round(time.perf_counter() - t0, 1)
     report["chosen"] = {"candidate": chosen, "members": members, "epochs": epochs, "score": round(score, 4)}
     t1 = time.perf_counter()
-    s = TrainSettings(kind="merge", rows=rows, cols=cols, max_epochs=max_epochs, threads=req.threads)
-    s = TrainSettings(**{**asdict(s), **CANDIDATES[chosen]})
+    data, rows, cols = split_for(chosen)
+    s = TrainSettings(kind="merge", max_epochs=max_epochs, threads=req.threads)
+    s = TrainSettings(**{**asdict(s), **CANDIDATES[chosen], "rows": rows, "cols": cols})
     params = [
         train_fixed(data, vocab, TrainSettings(**{**asdict(s), "seed": seed}), epochs).export()
-        for seed in CV_SEEDS[:members]
+        for seed in seeds[:members]
     ]
+    # Each fold's fact F1 for the chosen setting, so bundle.json can be read without the model card.
+    folds = {c: round(f[str(members)][epochs]["val_fact_f1"], 4) for c, f in cv[chosen]["folds"].items()}
     report["final_seconds"] = round(time.perf_counter() - t1, 1)
     report["train_seconds"] = round(time.perf_counter() - t0, 1)
     out = req.out or home / "bundles" / ext["encoder_sha256"][:12]
@@ -394,7 +416,8 @@ def _loco_pipeline(
             "protocol": "leave-one-clip-out",
             "chosen": report["chosen"],
             "settings": asdict(s),
-            "seeds": list(CV_SEEDS[:members]),
+            "seeds": list(seeds[:members]),
+            "folds": folds,
             "cv_mean": {
                 n: {k: {str(e): round(v["score"], 4) for e, v in by.items()} for k, by in c["mean"].items()}
                 for n, c in cv.items()
