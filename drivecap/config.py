@@ -80,6 +80,9 @@ class CalibrationConfig:
         ["project_video02", "project_video03", "challenge02", "challenge03", "street"],
         "Training clips to sample from (never a held-out clip)",
     )
+    float_layers: list[str] = knob(
+        [], "Conv layers left in fp32 in the INT8 model (mixed precision), e.g. [block5_conv3]"
+    )
 
 
 @dataclass

@@ -43,13 +43,22 @@ CANDIDATES: dict[str, list[str]] = {
     "entropy": ["calibration.method=entropy"],
     "percentile99.999": ["calibration.method=percentile", "calibration.percentile=99.999"],
     "percentile99.99": ["calibration.method=percentile", "calibration.percentile=99.99"],
+    # Mixed precision: the last conv layer(s), where the decoder reads, left in fp32.
+    "minmax+fp32conv5_3": ["calibration.method=minmax", "calibration.float_layers=[block5_conv3]"],
+    "minmax+fp32block5": [
+        "calibration.method=minmax",
+        "calibration.float_layers=[block5_conv1,block5_conv2,block5_conv3]",
+    ],
 }
 BACKENDS = ("onnxruntime", "openvino")
 
 
-def check_frames(cfg: Config, store: AssetStore, n: int) -> list[tuple[CalibFrame, np.ndarray]]:
-    lengths = {c: count_frames(store.clip(c)) for c in cfg.calibration.clips}
-    calib = set(sample_frames(lengths, cfg.calibration.frames, cfg.calibration.seed))
+def check_frames(
+    cfg: Config, store: AssetStore, n: int, clips: list[str] | None = None
+) -> list[tuple[CalibFrame, np.ndarray]]:
+    lengths = {c: count_frames(store.clip(c)) for c in clips or cfg.calibration.clips}
+    every = {c: count_frames(store.clip(c)) for c in cfg.calibration.clips}
+    calib = set(sample_frames(every, cfg.calibration.frames, cfg.calibration.seed))
     picked = [f for f in sample_frames(lengths, n + len(calib), cfg.calibration.seed + 1) if f not in calib]
     step = len(picked) / n
     chosen = sorted({picked[int(i * step)] for i in range(n)}, key=lambda f: (f.clip, f.frame))
@@ -72,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=150, help="training check frames (not calibration frames)")
     ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    ap.add_argument(
+        "--clips", nargs="+", help="training clips to take the check frames from (default: calibration.clips)"
+    )
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/drivecap-calibration-choice"))
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--set", action="append", default=[], help="config override, as for drivecap --set")
@@ -79,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     base = load_config(None, args.set)
     store = AssetStore(drivecap_home(base.paths.home))
-    frames = check_frames(base, store, args.frames)
+    frames = check_frames(base, store, args.frames, args.clips)
     log.info("%d check frames from %s", len(frames), sorted({f.clip for f, _ in frames}))
     fp32_onnx = encoder_onnx_path(base).resolve()
     captioner = Captioner.load(base)

@@ -154,3 +154,37 @@ def test_percentile_calibration_clips_ranges_and_is_its_own_set(small_cfg: Confi
     assert any(clipped[k] < 0.9 * minmax[k] for k in minmax)
     assert calibrate(small_cfg, progress=False)[1]
     assert _activation_scales(path) == pytest.approx(minmax)
+
+
+def test_float_layers_stay_fp32_and_unknown_names_are_one_line(small_cfg: Config, store: object) -> None:
+    mixed = load_config(
+        None,
+        [
+            f"paths.engines_dir={small_cfg.engines_dir}",
+            f"paths.calibration_dir={small_cfg.calibration_dir}",
+            "calibration.frames=8",
+            "calibration.clips=[project_video02]",
+            "encoder.input_height=64",
+            "encoder.input_width=64",
+            "encoder.threads=1",
+            "calibration.float_layers=[block5_conv3]",
+        ],
+    )
+    path, _ = calibrate(mixed, progress=False)
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    conv = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    # block5_conv3 reads its float weight directly; the other twelve read dequantized int8 weights.
+    assert conv["block5_conv3"].input[1] in inits and inits[conv["block5_conv3"].input[1]].dtype == np.float32
+    w_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and inits[n.input[1]].size > 1]
+    assert len(w_dq) == 12
+    assert '"float_layers": [\n  "block5_conv3"\n ]' in (mixed.calibration_dir / MANIFEST_NAME).read_text()
+    with make_encoder(mixed, "onnxruntime", "int8") as enc:
+        assert enc.encode(np.full((64, 64, 3), 128, np.uint8)).features.shape == (8, 2, 2)
+    bad = load_config(
+        None, [f"paths.engines_dir={small_cfg.engines_dir}", "calibration.float_layers=[conv9]"]
+    )
+    with pytest.raises(
+        ModelError, match=r"calibration.float_layers: 'conv9' is not a Conv layer .*block1_conv1"
+    ):
+        calibrate(bad, progress=False)

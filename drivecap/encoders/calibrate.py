@@ -114,6 +114,7 @@ def write_manifest(cfg: Config, store: AssetStore, frames: list[CalibFrame]) -> 
         "method": cfg.calibration.method,
         "recipe": RECIPE,
         **({"percentile": cfg.calibration.percentile} if cfg.calibration.method == "percentile" else {}),
+        **({"float_layers": sorted(cfg.calibration.float_layers)} if cfg.calibration.float_layers else {}),
     }
     text = json.dumps(body, indent=1, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
@@ -149,6 +150,21 @@ def check_int8_fresh(cfg: Config, int8_path: Path) -> None:
         )
 
 
+def check_float_layers(fp32: Path, layers: list[str]) -> None:
+    """A one-line error naming the key when a layer to keep in fp32 is not a Conv of the encoder."""
+    if not layers:
+        return
+    import onnx
+
+    convs = [n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if n.op_type == "Conv"]
+    unknown = [x for x in layers if x not in convs]
+    if unknown:
+        raise ModelError(
+            f"calibration.float_layers: {unknown[0]!r} is not a Conv layer of {fp32.name}; "
+            f"choose from {', '.join(convs)}"
+        )
+
+
 class _Reader:
     """ONNX Runtime CalibrationDataReader over preprocessed frames."""
 
@@ -161,7 +177,12 @@ class _Reader:
 
 
 def _quantize(
-    fp32: Path, out: Path, tensors: list[np.ndarray], method_name: str, percentile: float = 99.999
+    fp32: Path,
+    out: Path,
+    tensors: list[np.ndarray],
+    method_name: str,
+    percentile: float = 99.999,
+    float_layers: list[str] | None = None,
 ) -> None:
     """ONNX Runtime static quantization in the QDQ form that both ONNX Runtime and TensorRT run."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -193,6 +214,7 @@ def _quantize(
             # file is right on every CPU (with VNNI the lost bit costs little and no time).
             reduce_range=True,
             calibrate_method=method,
+            nodes_to_exclude=list(float_layers or []),
             # Biases stay float: TensorRT's ONNX parser rejects an int32 DequantizeLinear on a bias ("only
             # activation types allowed"), and ONNX Runtime >= 1.21 folds float biases into its int8 kernels.
             extra_options={
@@ -218,6 +240,7 @@ def calibrate(cfg: Config, force: bool = False, progress: bool = True) -> tuple[
     prep: Preprocess = preprocess_from_metadata(meta, fp32, cfg.encoder.input_height, cfg.encoder.input_width)
     store = AssetStore(drivecap_home(cfg.paths.home))
     lengths = {c: count_frames(store.clip(c)) for c in cfg.calibration.clips}
+    check_float_layers(fp32, cfg.calibration.float_layers)
     frames = sample_frames(lengths, cfg.calibration.frames, cfg.calibration.seed)
     manifest, set_sha = write_manifest(cfg, store, frames)
     out = int8_onnx_path(cfg)
@@ -246,7 +269,14 @@ def calibrate(cfg: Config, force: bool = False, progress: bool = True) -> tuple[
             len(tensors),
             cfg.calibration.method,
         )
-        _quantize(fp32, tmp_out, tensors, cfg.calibration.method, cfg.calibration.percentile)
+        _quantize(
+            fp32,
+            tmp_out,
+            tensors,
+            cfg.calibration.method,
+            cfg.calibration.percentile,
+            cfg.calibration.float_layers,
+        )
         import onnx
 
         model = onnx.load(str(tmp_out))
@@ -260,7 +290,12 @@ def calibrate(cfg: Config, force: bool = False, progress: bool = True) -> tuple[
                 "drivecap.calibration_manifest": manifest.name,
                 "drivecap.calibration_frames": str(len(frames)),
                 "drivecap.quantization": "static QDQ, symmetric int8 activations, per-channel symmetric 7-bit weights, "
-                + cfg.calibration.method,
+                + cfg.calibration.method
+                + (
+                    f", fp32 layers {','.join(cfg.calibration.float_layers)}"
+                    if cfg.calibration.float_layers
+                    else ""
+                ),
             }
         )
         for k, v in tags.items():
