@@ -29,7 +29,9 @@ def person(x1: float, y1: float, x2: float, y2: float, score: float = 0.6) -> Bo
     return Box("person", score, x1, y1, x2, y2)
 
 
-LOW = TeacherSettings(consistent_threshold=0.3, consistent_radius=2, consistent_frames=2)
+LOW = TeacherSettings.first(
+    consistent_threshold=0.3, consistent_radius=2, consistent_frames=2, consistent_kinds=("person", "bicycle")
+)
 
 
 # ------------------------------------------------------------------------------------------ temporal consistency
@@ -41,7 +43,7 @@ def test_a_weak_person_held_by_its_neighbours_is_accepted() -> None:
     out = select_boxes(frames, LOW)
     assert [len(f) for f in out] == [1, 1, 1, 1, 1]
     # the same frames without the rule: nothing passes
-    assert select_boxes(frames, TeacherSettings()) == [[], [], [], [], []]
+    assert select_boxes(frames, TeacherSettings.first()) == [[], [], [], [], []]
 
 
 def test_a_weak_person_with_one_neighbour_or_neighbours_elsewhere_is_dropped() -> None:
@@ -114,13 +116,13 @@ def test_nms_keeps_the_best_of_one_family_and_both_of_two() -> None:
 
 
 def test_merge_views_with_tiles_raises_a_missed_person() -> None:
-    s = TeacherSettings(tiles=True)
+    s = TeacherSettings.first(tiles=True)
     views = {
         "whole": [person(0.50, 0.40, 0.53, 0.50, score=0.42)],
         "tiles": [person(0.5, 0.4, 0.53, 0.5, 0.6)],
     }
     assert [b.score for b in merge_views(views, s)] == [0.6]
-    assert [b.score for b in merge_views(views, TeacherSettings())] == [0.42]  # tiles off: ignored
+    assert [b.score for b in merge_views(views, TeacherSettings.first())] == [0.42]  # tiles off: ignored
     with pytest.raises(KeyError):
         merge_views({"whole": []}, s)  # asked for but not detected
 
@@ -157,9 +159,15 @@ def test_mirror_partner_serves_one_box() -> None:
 
 
 def test_mirror_agreement_drops_a_weak_one_sided_box_in_merge_views() -> None:
-    s = TeacherSettings(mirror=True)
+    s = TeacherSettings.first(mirror="agree-mean")
     views = {"whole": [person(0.2, 0.4, 0.24, 0.55, 0.5)], "mirror": []}
     assert merge_views(views, s) == []
+    # union keeps both views' boxes, the better of a pair once
+    views = {"whole": [person(0.2, 0.4, 0.24, 0.55, 0.38)], "mirror": [person(0.76, 0.4, 0.8, 0.55, 0.56)]}
+    (b,) = merge_views(views, replace(s, mirror="union"))
+    assert b.score == 0.56 and b.x1 == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        TeacherSettings(mirror="yes")
 
 
 # ------------------------------------------------------------------------------------------ geometry and labels
@@ -182,12 +190,21 @@ def test_settings_digest_and_detection_key() -> None:
     first = TeacherSettings.first()
     assert first.digest() == replace(first, threads=2).digest()  # threads do not change the labels
     assert first.digest() != replace(first, tiles=True).digest()
+    assert first.digest() == replace(first, consistent_radius=9, tile_overlap=0.1).digest()  # off: no matter
+    assert first.digest() != TeacherSettings().digest()
+    assert (
+        replace(first, consistent_threshold=0.3).digest()
+        != replace(first, consistent_threshold=0.3, consistent_radius=9).digest()
+    )
     assert first.detection_key(geometry_for("street")) == ""  # the first cache keeps its name
     g = geometry_for("street", "v2")
     k = replace(first, tiles=True).detection_key(g)
     assert len(k) == 8 and k != replace(first, tiles=True, tile_overlap=0.1).detection_key(g)
     assert replace(first, tiles=True, person_threshold=0.3).detection_key(g) == k  # thresholds: same boxes
-    assert first.views() == ("whole",) and TeacherSettings(tiles=True, mirror=True).views() == (
+    d = TeacherSettings()  # the default: the variant chosen on the tuning frames
+    assert (d.geometry, d.mirror, d.tiles, d.consistent_threshold) == ("v2", "union", False, 0.3)
+    assert d.views() == ("whole", "mirror")
+    assert first.views() == ("whole",) and TeacherSettings(tiles=True, mirror="union").views() == (
         "whole",
         "tiles",
         "mirror",

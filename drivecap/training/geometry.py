@@ -93,7 +93,7 @@ CLIP_GEOMETRY_V2: dict[str, LaneGeometry] = {
 }
 
 GEOMETRIES: dict[str, dict[str, LaneGeometry]] = {"v1": CLIP_GEOMETRY, "v2": CLIP_GEOMETRY_V2}
-DEFAULT_GEOMETRY = "v1"
+DEFAULT_GEOMETRY = "v2"  # the first teacher's labels: "v1" (TeacherSettings.first())
 
 
 def geometry_for(clip: str, version: str = DEFAULT_GEOMETRY) -> LaneGeometry:

@@ -33,7 +33,10 @@ import numpy as np
 
 from drivecap.captions.facts import Facts
 
-HAND_CAPTIONS = Path(__file__).with_name("hand_captions.jsonl")
+HAND_CAPTIONS = Path(__file__).with_name("hand_captions.jsonl")  # the CHECK frames: never tuned on
+HAND_CAPTIONS_TUNING = Path(__file__).with_name(
+    "hand_captions_tuning.jsonl"
+)  # the frames variants are chosen on
 WINDOW = 15
 
 

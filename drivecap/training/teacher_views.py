@@ -10,7 +10,8 @@ fractions:
   boxes by a same-family non-maximum suppression (the highest score of overlapping boxes stays).
 * **mirror agreement** (``mirror``): the mirrored whole picture is detected too; a whole-picture box is kept
   only when the mirrored view has a box of the same family at about the same place, and its score becomes the
-  mean (or the max) of the two. Tile boxes are merged after that and are not checked against a mirror (tiling
+  mean (``agree-mean``) or the max (``agree-max``) of the two; or (``union``) the boxes of both views are
+  merged by the same NMS as tiles, a test-time augmentation that can only add. Tile boxes are merged after that and are not checked against a mirror (tiling
   the mirror as well would double the tiles' cost again).
 * **temporal consistency** (``consistent_threshold``): people and bicycles between ``consistent_threshold``
   and their usual threshold are accepted when the same kind is found near the same place in at least
@@ -138,8 +139,10 @@ def merge_views(views: Mapping[str, Sequence[Box]], settings: TeacherSettings) -
     """One frame's boxes from its cached views, as the settings ask (views they do not ask for are ignored;
     a view they ask for must be there)."""
     boxes = list(views["whole"])
-    if settings.mirror:
-        boxes = mirror_agree(boxes, unmirror(views["mirror"]), settings.mirror_iou, settings.mirror_score)
+    if settings.mirror == "union":
+        boxes = nms([*boxes, *unmirror(views["mirror"])], settings.nms_iou)
+    elif settings.mirror != "off":
+        boxes = mirror_agree(boxes, unmirror(views["mirror"]), settings.mirror_iou, settings.mirror[6:])
     if settings.tiles:
         boxes = nms([*boxes, *views["tiles"]], settings.nms_iou)
     return boxes
