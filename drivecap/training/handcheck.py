@@ -9,10 +9,19 @@ looking at the frame, in the caption grammar. Places follow the teacher's conven
 (on the street film: the streetcar's tracks), left and right are as seen from the camera; "close" is a road user
 taller than the clip's close height (12% of the picture, 22% on the street film); horse-drawn carriages are not
 a kind the grammar has and are left out; tiny far vehicles (under about 3% of the picture height) are left out,
-as the teacher drops them.
+as the teacher drops them. The tuning frames also follow these: a cyclist is a bicycle and a person; people
+inside a car are left out; "ahead" on the street film is within the streetcar's width of its rails; gently
+bending highway stretches have road "unknown", a forest-road bend is a curve.
 
-The teacher's label of a frame is recomputed as ``drivecap label`` makes it: SSD boxes on the frame and its
-neighbours, the same thresholds and geometry, the road shape from the lane finder, and the 15-frame majority
+``hand_captions_tuning.jsonl`` holds 24 *other* training frames captioned the same way (street 0-1439: 9,
+challenge03: 6, three from each highway clip), the TUNING set on which teacher variants are chosen
+(``scripts/teacher_tune.py``); the 32 frames above are the CHECK set, scored once per chosen teacher.
+``--hand`` picks the file, ``--first`` the first teacher, ``--set FIELD=VALUE`` any ``TeacherSettings`` field,
+``--cache FILE`` keeps the detector's views so that variants are scored without the SSD.
+
+The teacher's label of a frame is recomputed as ``drivecap label`` makes it: SSD boxes (every view the settings
+ask for) on the frame and its neighbours (and ``consistent_radius`` more either side for the temporal
+consistency rule), the same thresholds and geometry, the road shape from the lane finder, and the 15-frame majority
 vote, over a window centred on the frame (the vehicle-kind hysteresis of a whole clip is not reproduced; kinds
 are not in the fact keys). Agreement is over fact keys: micro precision, recall and F1 against the hand facts,
 per key family, and the share of frames whose key sets match exactly.
@@ -321,16 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         ]
     if args.json:
         json.dump(res, sys.stdout, indent=1)
-        print()
+        sys.stdout.write("\n")
     else:
         a = res["teacher"]
-        print(
+        sys.stdout.write(
             f"teacher vs hand, {a['frames']} frames: key F1 {a['keys']['f1']} (P {a['keys']['precision']}, "
             f"R {a['keys']['recall']}), 'ahead' F1 {a['ahead']['f1']}, exact {a['exact']}, "
-            f"detector {res['detector_ms_per_frame']} ms/frame"
+            f"detector {res['detector_ms_per_frame']} ms/frame\n"
         )
         for c, k in res["by_clip"].items():
-            print(f"  {c}: F1 {k['f1']} (P {k['precision']}, R {k['recall']})")
+            sys.stdout.write(f"  {c}: F1 {k['f1']} (P {k['precision']}, R {k['recall']})\n")
     return 0
 
 
