@@ -169,7 +169,30 @@ def test_hand_captions_are_training_frames_in_the_grammar() -> None:
         held = CLIPS[hf.clip].held_out_from
         assert held != 0, f"{hf.clip} is a held-out clip"
         assert held is None or hf.frame < held, f"{hf.clip} frame {hf.frame} is held out"
-    assert {hf.clip for hf in hand} == {"project_video02", "project_video03", "challenge02", "challenge03", "street"}
+    assert {hf.clip for hf in hand} == {
+        "project_video02",
+        "project_video03",
+        "challenge02",
+        "challenge03",
+        "street",
+    }
+
+
+def test_tuning_frames_are_training_frames_apart_from_the_check_frames() -> None:
+    from drivecap.assets import CLIPS
+    from drivecap.training.handcheck import HAND_CAPTIONS_TUNING, MARGIN, WINDOW, load_hand
+
+    tune, check = load_hand(HAND_CAPTIONS_TUNING), load_hand()
+    assert len(tune) >= 20
+    for hf in tune:
+        held = CLIPS[hf.clip].held_out_from
+        assert held != 0 and (held is None or hf.frame + WINDOW // 2 + MARGIN < held), (hf.clip, hf.frame)
+        # no tuning frame's neighbourhood (smoothing window and consistency margin) touches a check frame's
+        near = [
+            c.frame for c in check if c.clip == hf.clip and abs(c.frame - hf.frame) <= WINDOW + 2 * MARGIN
+        ]
+        assert not near, (hf.clip, hf.frame, near)
+    assert sum(hf.clip in ("street", "challenge03") for hf in tune) > len(tune) / 2  # where the teacher fails
 
 
 def test_handcheck_agreement_counts() -> None:

@@ -362,6 +362,15 @@ def test_label_command_on_a_real_clip(tmp_path: Path, capsys: pytest.CaptureFixt
         == 0
     )
     assert [json.loads(line) for line in path.read_text().splitlines()] == recs
+    # labels carry their teacher; another teacher labels the clip again instead of reusing them
+    assert {r["teacher"] for r in recs} == {TeacherSettings().digest()} == {stats["teacher"]}
+    capsys.readouterr()
+    first = ["label", "--clips", "project_video01", "--stride", "55", "--out", str(out), "--teacher", "first"]
+    assert main(first) == 0
+    assert "already labelled" not in capsys.readouterr().out
+    again = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["teacher"] for r in again} == {TeacherSettings.first().digest()} != {TeacherSettings().digest()}
+    assert (out / ".detections" / "project_video01.s55.json").is_file()  # the first teacher's cache name
 
 
 def test_label_command_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

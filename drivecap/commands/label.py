@@ -1,8 +1,11 @@
 """``drivecap label``: teacher facts and captions for every frame of the dashcam clips (JSONL, one file a clip).
 
-The SSD pass is the slow part (about a tenth of a second a frame); its boxes are cached under
+The SSD pass is the slow part (about a tenth of a second a frame for the whole picture; the default teacher
+also looks at tiles and/or the mirrored picture, see ``TeacherSettings``); its boxes are cached under
 ``<out>/.detections/`` at a low score, so re-labelling with other thresholds, lane geometry or smoothing
-(``--force``) does not run the detector again (``--redetect`` does).
+(``--force``) does not run the detector again (``--redetect`` does). A cache holding other detector views has
+another name (``<clip>.s<stride>.<key>.json``). Every record and ``stats.json`` name the teacher's settings
+digest; labels made by another teacher are labelled again, never mixed. ``--teacher first`` is the first teacher.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the detector and lane finder again instead of using their caches",
     )
     p.add_argument("--no-lanes", action="store_true", help="do not estimate road curvature (road: unknown)")
+    p.add_argument(
+        "--teacher",
+        choices=("default", "first"),
+        default="default",
+        help="'first': the first teacher (whole picture only, lane geometry v1), to reproduce the older labels",
+    )
     p.set_defaults(func=run)
 
 
@@ -79,7 +88,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         if n not in CLIPS:
             raise DrivecapError(f"--clips {n!r} is not a known clip; known: {', '.join(CLIPS)}")
 
-    settings = T.TeacherSettings()
+    settings = T.TeacherSettings.first() if args.teacher == "first" else T.TeacherSettings()
+    digest = settings.digest()
     teacher: T.Teacher | None = None
     all_stats: dict[str, Any] = {}
     stats_path = out / "stats.json"
@@ -95,22 +105,39 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             targets.append(out / f"{name}.jsonl")
         if clip.held_out_from is not None:
             targets.append(out / "heldout" / f"{name}.jsonl")
+        # Labels are reused only when the same teacher made them (its settings digest is in stats.json and in
+        # every record): old and new teacher outputs never mix silently.
+        made_by = all_stats.get(name, {}).get("teacher", T.TeacherSettings.first().digest())
         if not args.force and all(t.is_file() for t in targets):
-            print(f"{name}: already labelled in {', '.join(map(str, targets))} (use --force to label again)")
-            continue
+            if made_by == digest:
+                print(
+                    f"{name}: already labelled in {', '.join(map(str, targets))} (use --force to label again)"
+                )
+                continue
+            log.warning("%s: labelled by teacher %s, not %s: labelling again", name, made_by, digest)
         path = store.clip(name)
-        cache = out / ".detections" / f"{name}.s{args.stride}.json"
+        geom = geometry_for(name, settings.geometry)
+        key = settings.detection_key(geom)
+        # The first teacher's cache (whole picture only) keeps its name; more views name theirs by a key.
+        cache = out / ".detections" / f"{name}.s{args.stride}{'.' + key if key else ''}.json"
+        det = None
         if cache.is_file() and not args.redetect:
             det = T.ClipDetections.from_json(json.loads(cache.read_text()))
-            log.info("%s: detections from %s", name, cache)
-        else:
+            if det.key != key:
+                log.warning(
+                    "%s: %s holds detections of another kind (%r); detecting again", name, cache, det.key
+                )
+                det = None
+            else:
+                log.info("%s: detections from %s", name, cache)
+        if det is None:
             if teacher is None:
                 pb, pbtxt = store.ssd_model()
                 teacher = T.Teacher(pb, pbtxt, settings)
-            det = T.detect_clip(teacher, name, path, args.stride)
+            det = T.detect_clip(teacher, name, path, args.stride, geom=geom)
             _write_json(cache, det.to_json())
         roads = None
-        if not args.no_lanes and geometry_for(name).lane_markings:
+        if not args.no_lanes and geom.lane_markings:
             from drivecap.training import lanes
 
             lane_cache = out / ".lanes" / f"{name}.s{args.stride}.json"
@@ -120,12 +147,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 path,
                 det.frames,
                 det.picture_x,
-                geometry_for(name),
+                geom,
                 cache=lane_cache,
             )
-        records, stats = T.label_records(
-            det, geometry_for(name), settings, roads, args.window, clip.held_out_from
-        )
+        records, stats = T.label_records(det, geom, settings, roads, args.window, clip.held_out_from)
         written = []
         for split, target in (
             ("train", out / f"{name}.jsonl"),

@@ -80,8 +80,26 @@ CLIP_GEOMETRY: dict[str, LaneGeometry] = {
 }
 
 
-def geometry_for(clip: str) -> LaneGeometry:
-    return CLIP_GEOMETRY.get(clip, LaneGeometry())
+#: Version "v2" (issue 11 item 3): the street film's ego lane follows the streetcar's own tracks, measured on
+#: training frames: the rails meet at about (0.46, 0.29) of the picture and their centre at the bottom edge is at
+#: 0.44, left of the picture's middle; the lane is the streetcar's width (1.75 track gauges) with a margin for
+#: loose boxes. The first geometry ("v1") centred the lane and put its far end at 0.45, so a streetcar far ahead
+#: on the tracks fell "on the left" of a lane that, up there, was right of the rails.
+CLIP_GEOMETRY_V2: dict[str, LaneGeometry] = {
+    **CLIP_GEOMETRY,
+    "street": replace(
+        CLIP_GEOMETRY["street"], top_y=0.32, top_half_width=0.025, bottom_half_width=0.32, centre_x=0.445
+    ),
+}
+
+GEOMETRIES: dict[str, dict[str, LaneGeometry]] = {"v1": CLIP_GEOMETRY, "v2": CLIP_GEOMETRY_V2}
+DEFAULT_GEOMETRY = "v2"  # the first teacher's labels: "v1" (TeacherSettings.first())
+
+
+def geometry_for(clip: str, version: str = DEFAULT_GEOMETRY) -> LaneGeometry:
+    if version not in GEOMETRIES:
+        raise ValueError(f"unknown lane geometry version {version!r}; known: {', '.join(GEOMETRIES)}")
+    return GEOMETRIES[version].get(clip, LaneGeometry())
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,15 @@ from drivecap.training.geometry import (
     read_frames,
 )
 from drivecap.training.smoothing import flicker, smooth
+from drivecap.training.teacher_settings import CACHE_SCORE, TeacherSettings
+from drivecap.training.teacher_views import (
+    merge_views,
+    road_region,
+    select_boxes,
+    threshold,
+    tile_rects,
+    tile_to_picture,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +45,6 @@ Image = npt.NDArray[np.uint8]
 
 
 # ------------------------------------------------------------------------------------------ the teacher
-
-
-@dataclass
-class TeacherSettings:
-    score_threshold: float = 0.4  # SSD score below which a box is ignored
-    person_threshold: float = 0.45  # people: a little stricter (poles and signs fire as people)
-    signal_threshold: float = 0.35  # lights and stop signs score low even when right
-    input_size: int = 300
-    threads: int = 1
 
 
 def boxes_to_objects(boxes: Sequence[Box], geom: LaneGeometry) -> list[Box]:
@@ -131,14 +131,7 @@ class Teacher:
             kind = COCO_KINDS.get(int(cid))
             if kind is None:
                 continue
-            thr = (
-                s.person_threshold
-                if kind == "person"
-                else s.signal_threshold
-                if kind in ("traffic light", "stop sign")
-                else s.score_threshold
-            )
-            if score < (thr if min_score is None else min_score):
+            if score < (threshold(kind, s) if min_score is None else min_score):
                 continue
             x1, y1, x2, y2 = (float(min(max(v, 0.0), 1.0)) for v in (x1, y1, x2, y2))
             if x2 <= x1 or y2 <= y1:
@@ -150,16 +143,47 @@ class Teacher:
             boxes.append(Box(kind, float(score), x1, y1, x2, y2, colour=colour))
         return boxes
 
+    def detect_views(
+        self, picture: Image, geom: LaneGeometry, min_score: float | None = None, views: Sequence[str] = ()
+    ) -> dict[str, list[Box]]:
+        """The boxes of each view the settings need (or of ``views``), in picture fractions; ``tiles`` boxes
+        are mapped back to the picture, and ``mirror`` ones stay in the mirrored picture's coordinates."""
+        want = tuple(views) or self.settings.views()
+        out: dict[str, list[Box]] = {}
+        for name in want:
+            pic = np.ascontiguousarray(picture[:, ::-1]) if name == "mirror" else picture
+            if name in ("whole", "mirror"):
+                out[name] = self.detect(pic, min_score)
+            elif name == "tiles":
+                out[name] = self.detect_tiles(pic, geom, min_score)
+            else:
+                raise ValueError(f"unknown detector view {name!r}")
+        return out
+
+    def detect_tiles(self, picture: Image, geom: LaneGeometry, min_score: float | None = None) -> list[Box]:
+        """SSD boxes of the 2x2 overlapping tiles of the road area (each at the picture's own resolution),
+        mapped back to picture fractions; boxes cut by an inner tile edge are dropped."""
+        h, w = picture.shape[:2]
+        out: list[Box] = []
+        x1, y1, x2, y2 = road_region(geom, self.settings.tile_above)
+        for tx1, ty1, tx2, ty2 in tile_rects((x1, y1, x2, y2), self.settings.tile_overlap):
+            px1, py1 = round(tx1 * w), round(ty1 * h)
+            px2, py2 = round(tx2 * w), round(ty2 * h)
+            rect = (px1 / w, py1 / h, px2 / w, py2 / h)
+            for b in self.detect(np.ascontiguousarray(picture[py1:py2, px1:px2]), min_score):
+                mapped = tile_to_picture(b, rect)
+                if mapped is not None:
+                    out.append(mapped)
+        return out
+
     def label(self, picture: Image, geom: LaneGeometry) -> list[Box]:
-        """The boxes that become facts (the same rules as ``drivecap label``), with place and distance."""
-        return keep_boxes(self.detect(picture), self.settings, geom)
+        """The boxes of one frame that become facts (``drivecap label``'s rules, apart from the temporal
+        consistency rule, which needs neighbouring frames), with place and distance."""
+        views = self.detect_views(picture, geom, min_score=CACHE_SCORE)
+        return frame_objects([views], self.settings, geom)[0]
 
 
 # ------------------------------------------------------------------------------------------ labelling a clip
-
-
-#: Detections are cached at this score, below every threshold, so thresholds can be tuned without the SSD.
-CACHE_SCORE = 0.3
 
 
 @dataclass
@@ -172,11 +196,17 @@ class ClipDetections:
     picture_x: tuple[int, int]  # picture columns [x0, x1) in the full frame (side bars cut off)
     fps: float
     frames: list[int]
-    boxes: list[list[Box]]
-    ms_per_frame: float  # detector time (blob + forward + colour), mean over the clip
+    boxes: list[list[Box]]  # the whole picture's boxes
+    ms_per_frame: float  # detector time (blob + forward + colour, all views), mean over the clip
+    #: Further views per frame (``teacher_views.VIEWS`` other than "whole"), absent from the first cache format.
+    views: dict[str, list[list[Box]]] = field(default_factory=dict)
+    key: str = ""  # ``TeacherSettings.detection_key`` of the settings that made it ("" = whole picture only)
+
+    def frame_views(self, i: int) -> dict[str, list[Box]]:
+        return {"whole": self.boxes[i], **{v: bs[i] for v, bs in self.views.items()}}
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "clip": self.clip,
             "stride": self.stride,
             "size": list(self.size),
@@ -189,6 +219,11 @@ class ClipDetections:
                 for f, bs in zip(self.frames, self.boxes, strict=True)
             ],
         }
+        if self.views or self.key:
+            out["format"] = 2
+            out["key"] = self.key
+            out["views"] = {v: [[b.to_json() for b in bs] for bs in fr] for v, fr in self.views.items()}
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ClipDetections:
@@ -201,6 +236,8 @@ class ClipDetections:
             [int(r["frame"]) for r in d["frames"]],
             [[Box.from_json(b) for b in r["boxes"]] for r in d["frames"]],
             float(d["ms_per_frame"]),
+            {v: [[Box.from_json(b) for b in bs] for bs in fr] for v, fr in d.get("views", {}).items()},
+            str(d.get("key", "")),
         )
 
 
@@ -227,16 +264,27 @@ def clip_picture_columns(
 
 
 def detect_clip(
-    teacher: Teacher, clip: str, path: Path, stride: int = 1, progress: bool = True
+    teacher: Teacher,
+    clip: str,
+    path: Path,
+    stride: int = 1,
+    progress: bool = True,
+    geom: LaneGeometry | None = None,
 ) -> ClipDetections:
-    """Runs the SSD over every ``stride``-th frame of a clip (the expensive part, cached by the caller)."""
+    """Runs the SSD over every ``stride``-th frame of a clip, every view the settings need (the expensive
+    part, cached by the caller). ``geom`` places the tiles (default: the clip's geometry of the settings)."""
     import time
 
     from tqdm import tqdm
 
+    from drivecap.training.geometry import geometry_for
+
+    geom = geom or geometry_for(clip, teacher.settings.geometry)
+    names = teacher.settings.views()
     (x0, x1), size, fps, n = clip_picture_columns(path)
     frames: list[int] = []
     boxes: list[list[Box]] = []
+    views: dict[str, list[list[Box]]] = {v: [] for v in names if v != "whole"}
     spent = 0.0
     with tqdm(
         total=(n + stride - 1) // stride,
@@ -247,34 +295,35 @@ def detect_clip(
     ) as bar:
         for i, frame in read_frames(path, stride=stride):
             t0 = time.perf_counter()
-            boxes.append(teacher.detect(frame[:, x0:x1], min_score=CACHE_SCORE))
+            got = teacher.detect_views(frame[:, x0:x1], geom, min_score=CACHE_SCORE, views=names)
             spent += time.perf_counter() - t0
+            boxes.append(got["whole"])
+            for v, bs in views.items():
+                bs.append(got[v])
             frames.append(i)
             bar.update(1)
     ms = 1000.0 * spent / max(1, len(frames))
     log.info(
-        "%s: %d frames, %.1f ms per frame in the detector, picture columns %d..%d",
+        "%s: %d frames, %.1f ms per frame in the detector (views: %s), picture columns %d..%d",
         clip,
         len(frames),
         ms,
+        ", ".join(names),
         x0,
         x1,
     )
-    return ClipDetections(clip, stride, size, (x0, x1), fps, frames, boxes, ms)
+    key = teacher.settings.detection_key(geom)
+    return ClipDetections(clip, stride, size, (x0, x1), fps, frames, boxes, ms, views, key)
 
 
-def keep_boxes(boxes: Sequence[Box], settings: TeacherSettings, geom: LaneGeometry) -> list[Box]:
-    """Boxes from the cache that pass the score thresholds and the shape rules, with place and distance."""
+def keep_boxes(
+    boxes: Sequence[Box], settings: TeacherSettings, geom: LaneGeometry, scored: bool = True
+) -> list[Box]:
+    """Boxes from the cache that pass the score thresholds (unless ``scored`` is False: chosen already, by
+    ``teacher_views.select_boxes``) and the shape rules, with place and distance."""
     kept = []
     for b in boxes:
-        thr = (
-            settings.person_threshold
-            if b.kind == "person"
-            else settings.signal_threshold
-            if b.kind in ("traffic light", "stop sign")
-            else settings.score_threshold
-        )
-        if b.score < thr:
+        if scored and b.score < threshold(b.kind, settings):
             continue
         w = b.x2 - b.x1
         # One box around a whole crowd or a row of parked cars is not one road user.
@@ -284,6 +333,16 @@ def keep_boxes(boxes: Sequence[Box], settings: TeacherSettings, geom: LaneGeomet
             continue
         kept.append(b)
     return boxes_to_objects(kept, geom)
+
+
+def frame_objects(
+    views: Sequence[Mapping[str, Sequence[Box]]], settings: TeacherSettings, geom: LaneGeometry
+) -> list[list[Box]]:
+    """Consecutive labelled frames (each its cached views) -> the boxes that become each frame's facts: the
+    views merged (tiles, mirror agreement), the score thresholds and the temporal consistency rule, the shape
+    rules, place and distance. The one path from detections to facts, for ``drivecap label`` and handcheck."""
+    merged = [merge_views(v, settings) for v in views]
+    return [keep_boxes(bs, settings, geom, scored=False) for bs in select_boxes(merged, settings)]
 
 
 def _record(
@@ -296,6 +355,7 @@ def _record(
     raw: Facts,
     boxes: Sequence[Box],
     det: ClipDetections,
+    teacher: str,
 ) -> dict[str, Any]:
     from drivecap.captions.grammar import render
 
@@ -313,6 +373,7 @@ def _record(
         "raw_boxes": [b.to_json() for b in boxes],
         "picture_x": list(det.picture_x),
         "size": list(det.size),
+        "teacher": teacher,
     }
 
 
@@ -329,22 +390,31 @@ def label_records(
     Smoothing never crosses the held-out boundary, so no held-out frame shapes a training label."""
     from drivecap.captions.grammar import render
 
-    kept = [keep_boxes(bs, settings, geom) for bs in det.boxes]
-    raw = [facts_from_boxes(k, roads[i] if roads else "unknown") for i, k in enumerate(kept)]
     split_of = [
         "heldout" if held_out_from is not None and f >= held_out_from else "train" for f in det.frames
     ]
+    missing = [v for v in settings.views() if v != "whole" and v not in det.views]
+    if missing:
+        raise DrivecapError(f"{det.clip}: the detection cache has no {', '.join(missing)} view; detect again")
+    digest = settings.digest()
+    kept: list[list[Box]] = [[] for _ in det.frames]
     out: dict[str, list[dict[str, Any]]] = {"train": [], "heldout": []}
+    idx_of = {s: [i for i, x in enumerate(split_of) if x == s] for s in ("train", "heldout")}
+    for idx in idx_of.values():  # the consistency rule, like smoothing, never crosses the split boundary
+        for i, k in zip(idx, frame_objects([det.frame_views(i) for i in idx], settings, geom), strict=True):
+            kept[i] = k
+    raw = [facts_from_boxes(k, roads[i] if roads else "unknown") for i, k in enumerate(kept)]
     smoothed: list[Facts] = []
-    for split in ("train", "heldout"):
-        idx = [i for i, s in enumerate(split_of) if s == split]
+    for split, idx in idx_of.items():
         if not idx:
             continue
         sm = smooth([raw[i] for i in idx], window)
         for i, f in zip(idx, sm, strict=True):
             for mirrored in (False, True):
                 out[split].append(
-                    _record(det.clip, det.frames[i], det.fps, split, mirrored, f, raw[i], kept[i], det)
+                    _record(
+                        det.clip, det.frames[i], det.fps, split, mirrored, f, raw[i], kept[i], det, digest
+                    )
                 )
         smoothed += sm
     # stats (unmirrored frames, in frame order; the split boundary counts as one more pair, negligible)
@@ -373,5 +443,7 @@ def label_records(
         "urgent": sum(f.urgent for f in smoothed),
         "clear": sum(render(f) == "clear road ahead" for f in smoothed),
         "window": window,
+        "teacher": digest,
+        "teacher_settings": settings.to_json(),
     }
     return out, stats
