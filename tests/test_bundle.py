@@ -250,3 +250,19 @@ def test_bundle_claiming_more_members_than_stored(bundle: Path) -> None:
     (bundle / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="lack array 'm1/"):
         load_bundle(bundle)
+
+
+def test_shipped_bundle_records_each_fold_beside_its_card() -> None:
+    """bundle.json training.folds: each training clip's leave-one-out fact F1, the same as the card's table."""
+    import re
+
+    from drivecap.decoder.bundle import default_bundle_dir
+    from drivecap.training.pipeline import training_clips
+
+    folder = default_bundle_dir()
+    folds = json.loads((folder / "bundle.json").read_text())["training"]["folds"]
+    assert sorted(folds) == sorted(training_clips())
+    card = (folder / "MODEL_CARD.md").read_text()
+    for clip, f1 in folds.items():
+        row = re.search(rf"^\| {clip} \| [0-9.]+ \| ([0-9.]+) \|", card, re.M)
+        assert row is not None and float(row.group(1)) == f1, clip
