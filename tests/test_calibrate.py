@@ -44,21 +44,27 @@ def small_weights() -> VGGWeights:
     return VGGWeights(convs, "caffe", "small")
 
 
-@pytest.fixture
-def small_cfg(tmp_path: Path) -> Config:
-    save_atomic(build_model(small_weights()), tmp_path / "engines" / "vgg16_conv5.onnx")
+def small_config(root: Path, *more: str) -> Config:
+    """The small model's settings (engines and calibration under ``root``) and ``more`` overrides."""
     return load_config(
         None,
         [
-            f"paths.engines_dir={tmp_path / 'engines'}",
-            f"paths.calibration_dir={tmp_path / 'calibration'}",
+            f"paths.engines_dir={root / 'engines'}",
+            f"paths.calibration_dir={root / 'calibration'}",
             "calibration.frames=8",
             "calibration.clips=[project_video02]",
             "encoder.input_height=64",
             "encoder.input_width=64",
             "encoder.threads=1",
+            *more,
         ],
     )
+
+
+@pytest.fixture
+def small_cfg(tmp_path: Path) -> Config:
+    save_atomic(build_model(small_weights()), tmp_path / "engines" / "vgg16_conv5.onnx")
+    return small_config(tmp_path)
 
 
 def test_calibrate_writes_symmetric_per_channel_qdq(small_cfg: Config, store: object) -> None:
@@ -130,19 +136,8 @@ def _activation_scales(path: Path) -> dict[str, float]:
 def test_percentile_calibration_clips_ranges_and_is_its_own_set(small_cfg: Config, store: object) -> None:
     path, _ = calibrate(small_cfg, progress=False)
     minmax = _activation_scales(path)
-    pct = load_config(
-        None,
-        [
-            f"paths.engines_dir={small_cfg.engines_dir}",
-            f"paths.calibration_dir={small_cfg.calibration_dir}",
-            "calibration.frames=8",
-            "calibration.clips=[project_video02]",
-            "encoder.input_height=64",
-            "encoder.input_width=64",
-            "encoder.threads=1",
-            "calibration.method=percentile",
-            "calibration.percentile=99.0",
-        ],
+    pct = small_config(
+        small_cfg.engines_dir.parent, "calibration.method=percentile", "calibration.percentile=99.0"
     )
     # The estimator and its percentile are part of the set: switching either rebuilds the INT8 file.
     assert calibrate(pct, progress=False)[1]
@@ -157,19 +152,7 @@ def test_percentile_calibration_clips_ranges_and_is_its_own_set(small_cfg: Confi
 
 
 def test_float_layers_stay_fp32_and_unknown_names_are_one_line(small_cfg: Config, store: object) -> None:
-    mixed = load_config(
-        None,
-        [
-            f"paths.engines_dir={small_cfg.engines_dir}",
-            f"paths.calibration_dir={small_cfg.calibration_dir}",
-            "calibration.frames=8",
-            "calibration.clips=[project_video02]",
-            "encoder.input_height=64",
-            "encoder.input_width=64",
-            "encoder.threads=1",
-            "calibration.float_layers=[block5_conv3]",
-        ],
-    )
+    mixed = small_config(small_cfg.engines_dir.parent, "calibration.float_layers=[block5_conv3]")
     path, _ = calibrate(mixed, progress=False)
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

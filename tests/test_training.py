@@ -38,39 +38,34 @@ def _scene(rng: np.random.Generator) -> tuple[np.ndarray, Facts]:
     return fmap, Facts(tuple(objs))
 
 
-def _split(n: int, seed: int, clip: str) -> Split:
-    """Frames and their mirrors (map flipped, caption mirrored), like the real data."""
+def _split(n: int, seed: int, clip: str, grid: tuple[int, int] = (1, 3)) -> Split:
+    """Frames and their mirrors (map flipped, caption mirrored), like the real data, pooled to ``grid`` cells."""
     rng = np.random.default_rng(seed)
     samples, cells = [], []
     for i in range(n):
         fmap, facts = _scene(rng)
         for mirrored, m, f in ((False, fmap, facts), (True, fmap[:, :, ::-1], facts.mirrored())):
             samples.append(Sample(clip, i, mirrored, render(f), f.to_json(), "train"))
-            cells.append(_cells(m))
+            cells.append(_cells(m, *grid))
     return Split(samples, np.stack(cells))
 
 
-def _cells(fmap: np.ndarray) -> np.ndarray:
+def _cells(fmap: np.ndarray, rows: int = 1, cols: int = 3) -> np.ndarray:
     from drivecap.decoder.captioner import pool_cells
 
-    return pool_cells(np.ascontiguousarray(fmap), 1, 3)
+    return pool_cells(np.ascontiguousarray(fmap), rows, cols)
+
+
+def small_settings(max_epochs: int, **kw: object) -> TrainSettings:
+    """A decoder small enough to learn the made-up scenes in seconds (no early stop before max_epochs)."""
+    base: dict[str, object] = {"embed_dim": 16, "hidden_dim": 32, "image_dim": 32, "dropout": 0.1, "lr": 5e-3}
+    return TrainSettings(**{**base, **kw, "max_epochs": max_epochs, "patience": max_epochs})  # type: ignore[arg-type]
 
 
 def test_decoder_learns_sides_and_exports(tmp_path: Path) -> None:
     train, val = _split(300, 0, "a"), _split(60, 1, "b")
     vocab = caption_vocab()
-    s = TrainSettings(
-        kind="merge",
-        rows=1,
-        cols=3,
-        embed_dim=16,
-        hidden_dim=32,
-        image_dim=32,
-        max_epochs=15,
-        patience=15,
-        dropout=0.1,
-        lr=5e-3,
-    )
+    s = small_settings(kind="merge", rows=1, cols=3, max_epochs=15)
     model, hist = fit(train, val, vocab, s, val_scorer)
     first, best = hist.epochs[0], hist.epochs[hist.best_epoch]
     assert best["val_fact_f1"] > 0.85 and best["val_fact_f1"] > first["val_fact_f1"] + 0.2
@@ -299,7 +294,6 @@ def test_feature_cache_is_keyed_by_input_size(tmp_path: Path) -> None:
 
 def test_attention_over_the_full_grid_learns_sides_and_reads_the_cache_grid(tmp_path: Path) -> None:
     """The 'attention-grid' candidate: every cell of the cached map, its grid read from the cache."""
-    from drivecap.decoder.captioner import pool_cells
     from drivecap.training.features import map_grid
 
     rng = np.random.default_rng(0)
@@ -307,31 +301,9 @@ def test_attention_over_the_full_grid_learns_sides_and_reads_the_cache_grid(tmp_
     _save(tmp_path / "f", ClipFeatures("c", np.array([0, 1]), fmap, fmap.copy()), {})
     assert map_grid(tmp_path / "f", ["missing", "c"]) == (3, 7)
 
-    def grid_split(n: int, seed: int, clip: str) -> Split:
-        r = np.random.default_rng(seed)
-        samples, cells = [], []
-        for i in range(n):
-            m, facts = _scene(r)
-            for mirrored, mm, f in ((False, m, facts), (True, m[:, :, ::-1], facts.mirrored())):
-                samples.append(Sample(clip, i, mirrored, render(f), f.to_json(), "train"))
-                cells.append(pool_cells(np.ascontiguousarray(mm), 3, 7))
-        return Split(samples, np.stack(cells))
-
-    train, val = grid_split(300, 0, "a"), grid_split(60, 1, "b")
+    train, val = _split(300, 0, "a", (3, 7)), _split(60, 1, "b", (3, 7))
     assert train.cells.shape[1:] == (21, D)
-    s = TrainSettings(
-        kind="attention",
-        rows=3,
-        cols=7,
-        embed_dim=16,
-        hidden_dim=32,
-        image_dim=32,
-        attention_dim=16,
-        max_epochs=12,
-        patience=12,
-        dropout=0.1,
-        lr=5e-3,
-    )
+    s = small_settings(kind="attention", rows=3, cols=7, attention_dim=16, max_epochs=12)
     model, hist = fit(train, val, caption_vocab(), s, val_scorer)
     assert hist.epochs[hist.best_epoch]["val_fact_f1"] > 0.8
     save_bundle(
