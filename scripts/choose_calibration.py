@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from drivecap.assets import AssetStore, drivecap_home
-from drivecap.bench.backends import label
+from drivecap.bench.backends import encoder_captions, label
 from drivecap.config import Config, load_config
 from drivecap.decoder.captioner import Captioner
-from drivecap.encoders.base import Encoder, cosine, global_pool
+from drivecap.encoders.base import cosine
 from drivecap.encoders.calibrate import CalibFrame, calibrate, count_frames, read_frames, sample_frames
 from drivecap.encoders.factory import make_encoder
 from drivecap.encoders.paths import encoder_onnx_path
@@ -65,18 +64,6 @@ def check_frames(
     return list(read_frames(store, chosen))
 
 
-def captions_of(
-    enc: Encoder, captioner: Captioner, mirror: bool, frames: list[tuple[CalibFrame, np.ndarray]]
-) -> tuple[list[str], list[np.ndarray]]:
-    texts, pooled = [], []
-    for _, img in frames:
-        fmap = enc.encode(img).features
-        m = enc.encode(np.asarray(cv2.flip(img, 1), dtype=np.uint8)).features if mirror else None
-        texts.append(captioner.caption(fmap, mirror=m).text)
-        pooled.append(global_pool(fmap))
-    return texts, pooled
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=150, help="training check frames (not calibration frames)")
@@ -93,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     store = AssetStore(drivecap_home(base.paths.home))
     frames = check_frames(base, store, args.frames, args.clips)
     log.info("%d check frames from %s", len(frames), sorted({f.clip for f, _ in frames}))
+    images = [img for _, img in frames]
     fp32_onnx = encoder_onnx_path(base).resolve()
     captioner = Captioner.load(base)
     mirror = base.decoder.mirror_view and captioner.mirror_view
@@ -101,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend in BACKENDS:
         enc = make_encoder(base, backend=backend, precision="fp32")
         try:
-            ref[backend] = captions_of(enc, captioner, mirror, frames)
+            ref[backend] = encoder_captions(enc, captioner, mirror, images)
         finally:
             enc.close()
     result: dict[str, Any] = {
@@ -136,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for backend in BACKENDS:
             enc = make_encoder(cfg, backend=backend, precision="int8")
             try:
-                texts, pooled = captions_of(enc, captioner, mirror, frames)
+                texts, pooled = encoder_captions(enc, captioner, mirror, images)
             finally:
                 enc.close()
             int8_texts[backend] = texts

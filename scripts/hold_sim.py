@@ -50,7 +50,7 @@ def extract(cfg: Config, cache: Path) -> dict[str, dict[str, np.ndarray]]:
         cap = cv2.VideoCapture(str(store.clip(name)))
         fps = cap.get(cv2.CAP_PROP_FPS)
         stride = 5 if fps > 27 else 4
-        stop = CLIPS[name].held_out_from or int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        stop = CLIPS[name].training_end(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
         idx, ts, small, fmaps, mmaps = [], [], [], [], []
         t0 = time.time()
         for i in range(stop):

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     for clip in args.clips:
         path = store.clip(clip)
         (x0, x1), _size, _fps, n = T.clip_picture_columns(path)
-        stop = CLIPS[clip].held_out_from or n
+        stop = CLIPS[clip].training_end(n)
+        if stop <= 0:
+            raise SystemExit(f"--clips {clip}: held out whole; time the detector on a training clip")
         geom = geometry_for(clip)
         cap = cv2.VideoCapture(str(path))
         for f in np.linspace(0, stop - 1, args.frames).astype(int):

@@ -53,9 +53,13 @@ def grid() -> dict[str, dict[str, Any]]:
     return out
 
 
+#: SSD passes per frame of each detector view (the tiles are 2x2).
+VIEW_PASSES = {"whole": 1, "mirror": 1, "tiles": 4}
+
+
 def passes(fields: dict[str, Any]) -> int:
-    """SSD passes per frame."""
-    return 1 + (4 if fields.get("tiles") else 0) + (1 if fields.get("mirror", "off") != "off" else 0)
+    """SSD passes per frame of the variant."""
+    return sum(VIEW_PASSES[v] for v in TeacherSettings.first(**fields).views())
 
 
 class OfflineCache(H.ViewCache):

@@ -36,7 +36,7 @@ from drivecap.training.teacher import (
     TeacherSettings,
     boxes_to_objects,
     facts_from_boxes,
-    keep_boxes,
+    frame_objects,
 )
 
 GEOM = LaneGeometry()
@@ -95,18 +95,15 @@ def test_boxes_get_place_and_distance_and_rules_drop_some() -> None:
     assert render(f) == "car close ahead , car close on the right , car on the left"
 
 
-def test_keep_boxes_thresholds_and_crowd_boxes() -> None:
-    s = TeacherSettings(score_threshold=0.5, person_threshold=0.6)
-    kept = keep_boxes(
-        [
-            box("car", 0.45, 0.6, 0.55, 0.7, score=0.45),  # below the vehicle threshold
-            box("person", 0.45, 0.6, 0.47, 0.7, score=0.55),  # below the person threshold
-            box("person", 0.1, 0.4, 0.9, 0.6, score=0.9),  # one box around a crowd
-            box("person", 0.45, 0.55, 0.48, 0.7, score=0.7),
-        ],
-        s,
-        GEOM,
-    )
+def test_frame_objects_thresholds_and_crowd_boxes() -> None:
+    s = TeacherSettings.first(score_threshold=0.5, person_threshold=0.6)
+    boxes = [
+        box("car", 0.45, 0.6, 0.55, 0.7, score=0.45),  # below the vehicle threshold
+        box("person", 0.45, 0.6, 0.47, 0.7, score=0.55),  # below the person threshold
+        box("person", 0.1, 0.4, 0.9, 0.6, score=0.9),  # one box around a crowd
+        box("person", 0.45, 0.55, 0.48, 0.7, score=0.7),
+    ]
+    kept = frame_objects([{"whole": boxes}], s, GEOM)[0]
     assert [(b.kind, b.score) for b in kept] == [("person", 0.7)]
 
 

@@ -12,7 +12,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -23,6 +23,9 @@ from drivecap.config import Config
 from drivecap.encoders.base import Encoder, cosine, global_pool
 from drivecap.encoders.factory import make_encoder, openvino_available, resolve_backend
 from drivecap.errors import DrivecapError
+
+if TYPE_CHECKING:
+    from drivecap.decoder.captioner import Captioner
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,20 @@ def time_variants(
     return out
 
 
+def encoder_captions(
+    enc: Encoder, captioner: Captioner, mirror: bool, images: list[Image]
+) -> tuple[list[str], list[npt.NDArray[np.float32]]]:
+    """The caption of each image as the pipeline makes it (with the mirrored image's map when ``mirror``), and
+    each image's global-pooled feature vector."""
+    texts, pooled = [], []
+    for img in images:
+        fmap = enc.encode(img).features
+        m = enc.encode(np.asarray(cv2.flip(img, 1), dtype=np.uint8)).features if mirror else None
+        texts.append(captioner.caption(fmap, mirror=m).text)
+        pooled.append(global_pool(fmap))
+    return texts, pooled
+
+
 def caption_agreement(
     cfg: Config, encs: dict[str, Encoder], frames: list[tuple[str, int, Image]]
 ) -> dict[str, Any]:
@@ -140,19 +157,14 @@ def caption_agreement(
     names = list(encs)
     captioner = Captioner.load(cfg, encoder_sha256=encs[names[0]].onnx_sha256)
     mirror = cfg.decoder.mirror_view and captioner.mirror_view
-    texts: dict[str, list[str]] = {n: [] for n in names}
-    feat_cos: dict[str, list[float]] = {n: [] for n in names}
-    for _, _, img in frames:
-        maps = {}
-        for name in names:
-            enc = encs[name]
-            fmap = enc.encode(img).features
-            maps[name] = fmap
-            m = enc.encode(np.asarray(cv2.flip(img, 1), dtype=np.uint8)).features if mirror else None
-            texts[name].append(captioner.caption(fmap, mirror=m).text)
-        ref = maps[names[0]]
-        for name in names:
-            feat_cos[name].append(cosine(global_pool(ref), global_pool(maps[name])))
+    images = [img for _, _, img in frames]
+    texts: dict[str, list[str]] = {}
+    feat_cos: dict[str, list[float]] = {}
+    ref: list[npt.NDArray[np.float32]] = []
+    for name in names:
+        texts[name], pooled = encoder_captions(encs[name], captioner, mirror, images)
+        ref = ref or pooled
+        feat_cos[name] = [cosine(a, b) for a, b in zip(ref, pooled, strict=True)]
 
     def share(a: str, b: str) -> float:
         return round(float(np.mean([x == y for x, y in zip(texts[a], texts[b], strict=True)])), 4)

@@ -175,15 +175,10 @@ def extract_clip(
     return len(todo), time.perf_counter() - t0
 
 
-def default_frame_plan(stride: int, held_out_stride: int = 1) -> dict[str, list[int]]:
-    """Frames to encode per clip: held-out parts every ``held_out_stride`` frames, the rest every ``stride``."""
+def training_frame_plan(stride: int) -> dict[str, list[int]]:
+    """Every ``stride``-th training frame per clip (none of a held-out part: `drivecap eval` encodes those)."""
     store = AssetStore()
-    plan: dict[str, list[int]] = {}
-    for name, clip in CLIPS.items():
-        n = clip_frame_count(store.clip(name))
-        if clip.held_out_from is None:
-            plan[name] = list(range(0, n, stride))
-        else:
-            start = clip.held_out_from
-            plan[name] = list(range(0, start, stride)) + list(range(start, n, held_out_stride))
-    return plan
+    return {
+        name: list(range(0, clip.training_end(clip_frame_count(store.clip(name))), stride))
+        for name, clip in CLIPS.items()
+    }

@@ -225,9 +225,7 @@ def teacher_keys(
             (x0, x1), _size, _fps, n = T.clip_picture_columns(path)
             cache.entries[ckey] = {"picture_x": [x0, x1], "frames": n}
         x0, x1 = cache.entries[ckey]["picture_x"]
-        stop = CLIPS[hf.clip].held_out_from or int(
-            cache.entries[ckey]["frames"]
-        )  # never read a held-out frame
+        stop = CLIPS[hf.clip].training_end(int(cache.entries[ckey]["frames"]))  # never a held-out frame
         lo, hi = max(0, hf.frame - WINDOW // 2), min(stop, hf.frame + WINDOW // 2 + 1)
         dlo, dhi = max(0, lo - margin), min(stop, hi + margin)
         reader = _Reader(path, (x0, x1))

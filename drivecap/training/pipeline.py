@@ -19,7 +19,7 @@ from drivecap.decoder.vocab import Vocab
 from drivecap.encoders.base import Encoder
 from drivecap.errors import DrivecapError
 from drivecap.training.data import Split, load_split
-from drivecap.training.features import default_frame_plan, extract_clip, features_dir, map_grid
+from drivecap.training.features import extract_clip, features_dir, map_grid, training_frame_plan
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,7 @@ def extract_all(enc: Encoder, home: Path, stride: int, clips: list[str] | None =
     from tqdm import tqdm
 
     folder = features_dir(home, enc.onnx_sha256, enc.preprocess.height, enc.preprocess.width)
-    # Training frames only: `drivecap eval` encodes the held-out frames it needs, when it needs them.
-    cut = {c: (1 << 62) if k.held_out_from is None else k.held_out_from for c, k in CLIPS.items()}
-    plan = {c: [f for f in fs if f < cut[c]] for c, fs in default_frame_plan(stride).items()}
+    plan = training_frame_plan(stride)
     order = clips or ["street", *[c for c in training_clips() if c != "street"]]
     encoded, seconds, per_clip = 0, 0.0, {}
     with tqdm(total=sum(len(plan[c]) for c in order), desc="features", unit="frame", disable=None) as bar:

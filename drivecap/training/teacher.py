@@ -316,15 +316,11 @@ def detect_clip(
     return ClipDetections(clip, stride, size, (x0, x1), fps, frames, boxes, ms, views, key)
 
 
-def keep_boxes(
-    boxes: Sequence[Box], settings: TeacherSettings, geom: LaneGeometry, scored: bool = True
-) -> list[Box]:
-    """Boxes from the cache that pass the score thresholds (unless ``scored`` is False: chosen already, by
-    ``teacher_views.select_boxes``) and the shape rules, with place and distance."""
+def keep_boxes(boxes: Sequence[Box], geom: LaneGeometry) -> list[Box]:
+    """Boxes that passed their score rule (``teacher_views.select_boxes``) and pass the shape rules, with place
+    and distance."""
     kept = []
     for b in boxes:
-        if scored and b.score < threshold(b.kind, settings):
-            continue
         w = b.x2 - b.x1
         # One box around a whole crowd or a row of parked cars is not one road user.
         if b.kind in ("person", "bicycle", "motorcycle") and w > 1.5 * b.height:
@@ -342,7 +338,7 @@ def frame_objects(
     views merged (tiles, mirror agreement), the score thresholds and the temporal consistency rule, the shape
     rules, place and distance. The one path from detections to facts, for ``drivecap label`` and handcheck."""
     merged = [merge_views(v, settings) for v in views]
-    return [keep_boxes(bs, settings, geom, scored=False) for bs in select_boxes(merged, settings)]
+    return [keep_boxes(bs, geom) for bs in select_boxes(merged, settings)]
 
 
 def _record(

@@ -13,8 +13,8 @@ fractions:
   mean (``agree-mean``) or the max (``agree-max``) of the two; or (``union``) the boxes of both views are
   merged by the same NMS as tiles, a test-time augmentation that can only add. Tile boxes are merged after that and are not checked against a mirror (tiling
   the mirror as well would double the tiles' cost again).
-* **temporal consistency** (``consistent_threshold``): people and bicycles between ``consistent_threshold``
-  and their usual threshold are accepted when the same kind is found near the same place in at least
+* **temporal consistency** (``consistent_threshold``): boxes of ``consistent_kinds`` (by default every road
+  user) between ``consistent_threshold`` and their usual threshold are accepted when the same kind is found near the same place in at least
   ``consistent_frames`` of the ``consistent_radius`` frames either side.
 """
 
@@ -172,8 +172,8 @@ def near(a: Box, b: Box, tolerance: float = 0.5) -> bool:
 
 
 def select_boxes(frames: Sequence[Sequence[Box]], settings: TeacherSettings) -> list[list[Box]]:
-    """Per frame, the boxes that pass their score threshold; with ``consistent_threshold`` set, also the people
-    and bicycles between it and their threshold that are held by their neighbours (see the module docstring).
+    """Per frame, the boxes that pass their score threshold; with ``consistent_threshold`` set, also the boxes
+    of ``consistent_kinds`` between it and their threshold that are held by their neighbours (see the module docstring).
     A neighbour counts when it has a box of the same kind, at ``consistent_threshold`` or more, near it."""
     low = settings.consistent_threshold
     kinds = set(settings.consistent_kinds)
