@@ -1,0 +1,108 @@
+"""block5_conv3's low-rank delta: cached (x, z) maps reproduce the encoder, the delta is the merged conv, and
+joint training moves the features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+pytest.importorskip("torch")
+
+import torch
+
+from drivecap.assets import AssetStore
+from drivecap.decoder.captioner import pool_cells
+from drivecap.encoders.base import Preprocess
+from drivecap.encoders.export import build_model, save_atomic
+from drivecap.encoders.ort_backend import OrtEncoder
+from drivecap.training.block5 import Block5Maps, SplitEncoder, cell_bounds
+from drivecap.training.block5_train import Block5Delta, DeltaSettings, delta_cells, train_delta_fixed
+from drivecap.training.data import Sample, Split
+from drivecap.training.pipeline import caption_vocab
+from drivecap.training.train import TrainSettings
+from tests.test_openvino import small_weights
+
+HW = (64, 96)
+
+
+@pytest.fixture
+def small_onnx(tmp_path: Path) -> Path:
+    path = tmp_path / "engines" / "vgg16_conv5.onnx"
+    save_atomic(build_model(small_weights()), path)
+    return path
+
+
+def _frames(store: AssetStore) -> list[npt.NDArray[np.uint8]]:
+    import cv2
+
+    imgs = [cv2.imread(str(p)) for p in store.test_images()[:2]]
+    assert all(i is not None for i in imgs)
+    return [np.asarray(i, dtype=np.uint8) for i in imgs]
+
+
+def test_cell_bounds_match_the_runtime_pooling() -> None:
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(5, 7, 12)).astype(np.float32)
+    ours = np.stack(
+        [f[:, a:b, c:d].mean(axis=(1, 2)) for a, b in cell_bounds(7, 2) for c, d in cell_bounds(12, 3)]
+    )
+    np.testing.assert_allclose(ours, pool_cells(f, 2, 3), rtol=1e-6)
+
+
+def test_split_maps_give_the_encoders_conv5_cells(
+    small_onnx: Path, store: AssetStore, tmp_path: Path
+) -> None:
+    """pool5(relu(z)) of the cached pre-activation is the encoder's own output (rank 0 = the encoder)."""
+    prep = Preprocess("caffe", *HW)
+    split = SplitEncoder(small_onnx, prep, 1, tmp_path / "scratch")
+    ref = OrtEncoder(small_onnx, threads=1, input_hw=HW)
+    for img in _frames(store):
+        x, z = split(img)
+        assert x.shape == z.shape == (8, HW[0] // 16, HW[1] // 16)
+        d = Block5Delta(8, 0, (HW[0] // 32, HW[1] // 32), 2, 3)
+        cells = d(torch.from_numpy(x[None].astype(np.float32)), torch.from_numpy(z[None].astype(np.float32)))
+        want = pool_cells(ref.encode(img).features, 2, 3)
+        np.testing.assert_allclose(cells[0].numpy(), want, rtol=2e-2, atol=2e-2 * float(np.abs(want).max()))
+    assert not list((tmp_path / "scratch").glob("*.onnx"))  # the split model is not left behind
+
+
+def test_delta_equals_the_merged_conv() -> None:
+    """z + up(down(x)) + bias is one 3x3 conv with W + up @ down (what ships merged into the ONNX)."""
+    torch.manual_seed(0)
+    c, r = 6, 2
+    x = torch.randn(1, c, 5, 7)
+    w, b = torch.randn(c, c, 3, 3), torch.randn(c)
+    d = Block5Delta(c, r, (2, 3), 1, 1)
+    assert d.up is not None
+    torch.nn.init.normal_(d.up.weight)
+    assert d.up.bias is not None
+    torch.nn.init.normal_(d.up.bias)
+    z = torch.nn.functional.conv2d(x, w, b, padding=1)
+    a = d.arrays()
+    merged_w = torch.from_numpy(w.numpy() + np.einsum("ok,kihw->oihw", a["up"], a["down"]))
+    merged = torch.nn.functional.conv2d(x, merged_w, b + torch.from_numpy(a["bias"]), padding=1)
+    assert d.down is not None
+    np.testing.assert_allclose((z + d.up(d.down(x))).detach().numpy(), merged.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_joint_training_moves_the_features_and_rank0_does_not() -> None:
+    rng = np.random.default_rng(0)
+    n, c = 24, 8
+    caps = ["car close ahead", "person on the left"]
+    samples = [Sample("a", i, False, caps[i % 2], {}, "train") for i in range(n)]
+    x = rng.random((n, c, 4, 6)).astype(np.float16)
+    z = rng.normal(size=(n, c, 4, 6)).astype(np.float16)
+    z[1::2, :, :, :3] += 2.0  # the two captions differ in the picture
+    maps = Block5Maps(x, z)
+    vocab = caption_vocab()
+    s = TrainSettings(rows=1, cols=3, batch_size=8, max_epochs=2, embed_dim=8, hidden_dim=16, image_dim=16)
+    train = Split(samples, np.zeros((n, 3, c), np.float32))
+    before = delta_cells(Block5Delta(c, 0, (2, 3), 1, 3), maps)
+    _, d0 = train_delta_fixed(train, maps, vocab, s, DeltaSettings(rank=0), 2)
+    _, d4 = train_delta_fixed(train, maps, vocab, s, DeltaSettings(rank=4, delta_lr=1e-2), 2)
+    np.testing.assert_array_equal(delta_cells(d0, maps), before)
+    assert float(np.abs(delta_cells(d4, maps) - before).max()) > 1e-3
+    assert set(d4.arrays()) == {"down", "up", "bias"} and d4.arrays()["up"].shape == (c, 4)
