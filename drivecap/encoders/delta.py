@@ -130,16 +130,17 @@ def _is_sha256(s: object) -> bool:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every member of the file; any zip, CRC, npy-header or decompression failure is 'corrupted'."""
+    """Every member of the file; a bad zip, CRC, npy header or truncated member all mean 'corrupted'."""
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # np.load would try a non-zip file as .npy or pickle
+                raise ValueError("not a zip archive")
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
+            raise ValueError("not an .npz archive")
         with z:
             return {name: z[name] for name in z.files}
-    except (
-        Exception
-    ) as exc:  # BadZipFile, bad CRC, truncated member, zlib.error, a pickled array, not a zip ...
+    except Exception as exc:  # BadZipFile, zlib.error, ValueError, EOFError, OSError ...
         detail = str(exc).split("\n")[0][:120]
         raise ModelError(
             f"encoder delta {path} is corrupted or not a delta file ({type(exc).__name__}: {detail}); {AGAIN}"
