@@ -89,8 +89,8 @@ def _check_arrays(where: str, down: np.ndarray, up: np.ndarray, bias: np.ndarray
 def save_delta(path: Path, delta: EncoderDelta) -> str:
     """Writes the delta file atomically (checked first, like :func:`load_delta` would); returns its sha256."""
     where = f"encoder delta {path}"
-    if not delta.layer:
-        raise ModelError(f"{where}: the delta has no layer name")
+    if not delta.layer or not isinstance(delta.meta, dict):
+        raise ModelError(f"{where}: the delta needs a layer name and a dict of meta")
     if not _is_sha256(delta.base_weights_sha256):
         raise ModelError(
             f"{where}: base_weights_sha256 {delta.base_weights_sha256!r} is not a sha256 hex digest"
@@ -114,14 +114,7 @@ def save_delta(path: Path, delta: EncoderDelta) -> str:
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     sha = hashlib.sha256(data).hexdigest()
-    log.info(
-        "wrote encoder delta %s (%s rank %d, %d KB, sha256 %s)",
-        path,
-        delta.layer,
-        delta.rank,
-        len(data) >> 10,
-        sha[:12],
-    )
+    log.info("wrote encoder delta %s (%s, rank %d, sha256 %s)", path, delta.layer, delta.rank, sha[:12])
     return sha
 
 
@@ -179,12 +172,8 @@ def load_delta(path: Path) -> EncoderDelta:
     absent = [k for k in HEADER_KEYS if k not in header]
     if absent:
         raise ModelError(f"{where}: its meta has no key {absent[0]!r}; {AGAIN}")
-    layer, rank, base, sums = (
-        header["layer"],
-        header["rank"],
-        header["base_weights_sha256"],
-        header["arrays_sha256"],
-    )
+    layer, rank = header["layer"], header["rank"]
+    base, sums = header["base_weights_sha256"], header["arrays_sha256"]
     if not isinstance(layer, str) or not layer or not isinstance(rank, int) or isinstance(rank, bool):
         raise ModelError(
             f"{where}: layer {layer!r} / rank {rank!r} in its meta are not a name and an integer; {AGAIN}"
