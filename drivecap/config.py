@@ -62,6 +62,10 @@ class EncoderConfig:
         choices=("auto", "on", "off"),
     )
     onnx: str = knob("", "Encoder ONNX path; empty = the exported default in paths.engines_dir")
+    delta: str = knob(
+        "",
+        "Fine-tuned layer delta (.npz) that `drivecap encoder export` merges into vgg16_conv5.delta-<sha12>.onnx (that file is then the encoder: re-export and re-calibrate after changing it); empty = none",
+    )
     warmup_runs: int = knob(2, "Inference runs before anything is timed", min=0, max=100)
 
 

@@ -233,13 +233,18 @@ def _encoder(cfg: Config) -> list[Check]:
     from drivecap.assets import sha256_file
     from drivecap.decoder.bundle import load_bundle, resolve_bundle_dir
     from drivecap.encoders.calibrate import check_int8_fresh
-    from drivecap.encoders.paths import encoder_onnx_path, int8_onnx_path
+    from drivecap.encoders.paths import delta_file, encoder_onnx_path, int8_onnx_path
     from drivecap.errors import DrivecapError
 
     out = []
-    fp32 = encoder_onnx_path(cfg)
+    try:
+        fp32 = encoder_onnx_path(cfg)
+    except DrivecapError as exc:  # encoder.delta names no file
+        return [Check("encoder", "fail", str(exc).split(";")[0], "fix or empty encoder.delta", True)]
+    if (delta := delta_file(cfg)) is not None:
+        out.append(Check("delta", "info", f"encoder.delta {delta} (fine-tuned layer) -> {fp32.name}"))
     if not fp32.is_file():
-        return [Check("encoder", "fail", f"{fp32} does not exist", "drivecap encoder export", True)]
+        return [*out, Check("encoder", "fail", f"{fp32} does not exist", "drivecap encoder export", True)]
     sha = sha256_file(fp32)
     out.append(Check("encoder", "ok", f"{fp32} (sha256 {sha[:12]})", needed_for_replay=True))
     int8 = int8_onnx_path(cfg)

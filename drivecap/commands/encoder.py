@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument(
         "--out", type=Path, metavar="FILE", help="output path (default: the configured encoder ONNX)"
     )
+    e.add_argument(
+        "--delta",
+        type=Path,
+        metavar="FILE",
+        help="merge this fine-tuned layer delta (.npz) into the export, written to "
+        "vgg16_conv5.delta-<sha12>.onnx (default: encoder.delta; the base export is never overwritten)",
+    )
     e.add_argument("--force", action="store_true", help="write even when an up-to-date file exists")
     e.set_defaults(func=run_export)
     b = esub.add_parser(
@@ -65,15 +72,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_export(args: argparse.Namespace, cfg: Config) -> int:
+    import dataclasses
+
     from drivecap.assets import AssetStore, drivecap_home, sha256_file
+    from drivecap.encoders.delta import load_delta, merge_delta
     from drivecap.encoders.export import build_model, read_metadata, save_atomic
-    from drivecap.encoders.paths import encoder_onnx_path
+    from drivecap.encoders.paths import delta_file, encoder_onnx_path
     from drivecap.encoders.weights import load_weights
 
+    configured = delta_file(cfg)
+    if args.delta is not None:  # the flag wins over encoder.delta; a relative flag is against the cwd
+        cfg = dataclasses.replace(
+            cfg, encoder=dataclasses.replace(cfg.encoder, delta=str(args.delta.resolve()))
+        )
+    delta_path = delta_file(cfg)
+    # A bad delta fails here, before the (large) weights are read.
+    delta = None if delta_path is None else load_delta(delta_path)
+    delta_sha = "" if delta_path is None else sha256_file(delta_path)
     src = args.weights or AssetStore(drivecap_home(cfg.paths.home)).vgg16_source()
     out = args.out or encoder_onnx_path(cfg)
     if args.features == "fc2" and args.out is None and not cfg.encoder.onnx:
-        out = out.with_name("vgg16_fc2.onnx")
+        out = out.with_name(out.name.replace("vgg16_conv5", "vgg16_fc2"))
     src_sha = sha256_file(src)
     if out.is_file() and not args.force:
         import onnx
@@ -82,13 +101,24 @@ def run_export(args: argparse.Namespace, cfg: Config) -> int:
             meta = read_metadata(onnx.load(str(out), load_external_data=False))
         except Exception:
             meta = {}
-        if meta.get("drivecap.weights_sha256") == src_sha and meta.get("drivecap.features") == args.features:
-            print(f"up to date: {out} (from {src.name})")
+        if (
+            meta.get("drivecap.weights_sha256") == src_sha
+            and meta.get("drivecap.features") == args.features
+            and meta.get("drivecap.delta_sha256", "") == delta_sha
+        ):
+            print(
+                f"up to date: {out} (from {src.name}{'' if delta_path is None else ' + ' + delta_path.name})"
+            )
             return 0
     weights = load_weights(src)
     model = build_model(weights, args.features, source_sha256=src_sha)
+    if delta is not None:
+        model = merge_delta(model, delta, delta_path)
     save_atomic(model, out)
-    print(f"wrote {out} ({args.features}, preprocessing {weights.preprocess}, from {src.name})")
+    merged = "" if delta is None else f" + {delta.layer} rank-{delta.rank} delta {delta_path}"
+    print(f"wrote {out} ({args.features}, preprocessing {weights.preprocess}, from {src.name}{merged})")
+    if delta_path is not None and delta_path != configured and args.out is None and not cfg.encoder.onnx:
+        print(f"the encoder uses it with --set encoder.delta={delta_path} (or encoder.delta in config.yaml)")
     return 0
 
 

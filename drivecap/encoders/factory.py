@@ -9,7 +9,7 @@ import numpy as np
 
 from drivecap.config import Config
 from drivecap.encoders.base import Encoder
-from drivecap.encoders.paths import encoder_onnx_path, int8_onnx_path
+from drivecap.encoders.paths import check_delta_merged, encoder_onnx_path, int8_onnx_path
 from drivecap.errors import BackendUnavailable, ModelError
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def make_encoder(cfg: Config, backend: str | None = None, precision: str | None 
     """The configured encoder, ready to run (warm-up done)."""
     backend = backend or resolve_backend(cfg)
     precision = precision or cfg.encoder.precision
+    check_delta_merged(cfg)  # before the INT8 / engine checks, whose own fix would be one step too late
     if backend == "onnxruntime":
         from drivecap.encoders.ort_backend import OrtEncoder
 
