@@ -149,7 +149,8 @@ def _zoom(img: Image, scale: float, fx: float, fy: float) -> tuple[Image, float,
 
 
 def _jpeg(img: Image, quality: int, grey: bool) -> Image:
-    """Encode and decode; a greyed image as one channel, so its three channels stay equal."""
+    """Encode and decode. A greyed view is coded as one channel, as a black-and-white camera would; its three
+    channels are then equal by construction, not by the codec's colour arithmetic."""
     src = img[..., 0] if grey else img
     ok, buf = cv2.imencode(".jpg", src, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
