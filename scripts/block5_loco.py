@@ -33,13 +33,15 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], help="config override key=value")
     p.add_argument("--threads", type=int, default=2)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("extract")
+    ex = sub.add_parser("extract")
+    ex.add_argument("--augment", type=int, default=0, help="also K image-space augmented views per frame")
     lo = sub.add_parser("loco")
     lo.add_argument("--ranks", type=int, nargs="+", default=[0, 16])
     lo.add_argument("--aux", type=float, default=0.0, help="auxiliary per-fact loss weight")
     lo.add_argument("--delta-lr", type=float, default=1e-3)
     lo.add_argument("--epochs", type=int, default=12)
     lo.add_argument("--json", type=Path)
+    lo.add_argument("--augment", type=int, default=0, help="train also on K augmented views per frame")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_config(None, args.set)
@@ -69,11 +71,43 @@ def main() -> int:
                     continue
                 n, t = extract_block5(enc, AssetStore(home), folder, clip, plan[clip], meta, bar.update)
                 out[clip] = {"encoded": n, "seconds": round(t, 1)}
+        if args.augment:
+            from drivecap.training.block5 import extract_block5_augmented
+            from drivecap.training.data import labels_dir, read_labels
+
+            with tqdm(
+                total=args.augment * sum(len(v) for v in plan.values()), unit="view", desc="augmented"
+            ) as bar:
+                for clip in CLIPS:
+                    if not plan[clip]:
+                        continue
+                    recs = {
+                        (int(r["frame"]), bool(r.get("mirrored", False))): r
+                        for r in read_labels(labels_dir(home) / f"{clip}.jsonl")
+                        if not r.get("augmented")
+                    }
+                    for k in range(args.augment):
+                        n, t = extract_block5_augmented(
+                            enc, AssetStore(home), folder, clip, recs, plan[clip], k, meta, bar.update
+                        )
+                        out[f"{clip}.aug{k}"] = {"encoded": n, "seconds": round(t, 1)}
         print(
             json.dumps({"folder": str(folder), "clips": out, "seconds": round(time.perf_counter() - t0, 1)})
         )
         return 0
+    from drivecap.training.block5 import Block5Maps, load_augmented_views
     from drivecap.training.block5_train import DeltaSettings, loco_delta
+    from drivecap.training.pipeline import training_clips
+
+    aug = None
+    if args.augment:
+        import numpy as np
+
+        parts = [load_augmented_views(folder, home, training_clips(), k) for k in range(args.augment)]
+        aug = (
+            [s for p, _ in parts for s in p],
+            Block5Maps(np.concatenate([m.x for _, m in parts]), np.concatenate([m.z for _, m in parts])),
+        )
 
     res = loco_delta(
         home,
@@ -84,6 +118,7 @@ def main() -> int:
         DeltaSettings(delta_lr=args.delta_lr, aux_weight=args.aux),
         epochs=args.epochs,
         threads=args.threads,
+        augmented=aug,
     )
     text = json.dumps(res, indent=1)
     if args.json:

@@ -106,3 +106,38 @@ def test_joint_training_moves_the_features_and_rank0_does_not() -> None:
     np.testing.assert_array_equal(delta_cells(d0, maps), before)
     assert float(np.abs(delta_cells(d4, maps) - before).max()) > 1e-3
     assert set(d4.arrays()) == {"down", "up", "bias"} and d4.arrays()["up"].shape == (c, 4)
+
+
+def test_augmented_views_alternate_sides_and_load_with_their_captions(
+    small_onnx: Path, store: AssetStore, tmp_path: Path
+) -> None:
+    """One augmented view per frame, of the frame or of its mirror in turn, captioned as that view."""
+    import json
+
+    from drivecap.training.block5 import extract_block5_augmented, load_augmented_views
+
+    frames = [0, 4, 8]
+    recs = {}
+    for f in frames:
+        for m in (False, True):
+            cap = "car on the left" if m else "car on the right"
+            recs[(f, m)] = {"clip": "challenge02", "frame": f, "mirrored": m, "caption": cap, "facts": {}}
+    home = tmp_path / "home"
+    (home / "labels").mkdir(parents=True)
+    (home / "labels" / "challenge02.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs.values()))
+    enc = SplitEncoder(small_onnx, Preprocess("caffe", *HW), 1, tmp_path / "scratch")
+    folder = tmp_path / "b5"
+    n, _ = extract_block5_augmented(enc, store, folder, "challenge02", recs, frames, 0, {"test": True})
+    assert n == 3
+    assert extract_block5_augmented(enc, store, folder, "challenge02", recs, frames, 0, {})[0] == 0  # cached
+    samples, maps = load_augmented_views(folder, home, ["challenge02"], 0)
+    assert [(s.frame, s.mirrored) for s in samples] == [(0, False), (4, True), (8, False)]
+    assert [s.caption for s in samples] == ["car on the right", "car on the left", "car on the right"]
+    assert all(s.augmented for s in samples)
+    assert maps.x.shape == (3, 8, HW[0] // 16, HW[1] // 16)
+    # The views are augmented: not the maps of the plain frames.
+    from drivecap.training.features import iter_video
+
+    plain = dict(iter_video(store.clip("challenge02"), {0}))[0]
+    x0, _ = enc(plain)
+    assert not np.array_equal(x0, maps.x[0])

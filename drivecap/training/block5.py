@@ -143,6 +143,98 @@ def extract_block5(
     return len(idx), time.perf_counter() - t0
 
 
+def extract_block5_augmented(
+    enc: SplitEncoder,
+    store: AssetStore,
+    folder: Path,
+    clip: str,
+    records: dict[tuple[int, bool], dict[str, Any]],
+    frames: Sequence[int],
+    k: int,
+    meta: dict[str, Any],
+    progress: Callable[[int], object] | None = None,
+) -> tuple[int, float]:
+    """Caches (x, z) of one image-space augmented view per frame (`drivecap.training.photometric`) in
+    ``<clip>.aug<k>.npz``: of the frame itself or of its mirror, alternately (every other frame of the plan), so
+    both sides are augmented at the cost of one encode per frame; its caption is that view's teacher caption."""
+    import cv2
+
+    from drivecap.captions.facts import Facts
+    from drivecap.training.features import iter_video
+    from drivecap.training.photometric import augment_image, facts_need_colour, view_seed
+
+    path = folder / f"{clip}.aug{k}.npz"
+    wanted = [f for f in frames if (f, False) in records and (f, True) in records]
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if set(z["frames"].tolist()) >= set(wanted):
+                return 0, 0.0
+    t0 = time.perf_counter()
+    xs: list[npt.NDArray[np.float16]] = []
+    zs: list[npt.NDArray[np.float16]] = []
+    idx: list[int] = []
+    mirrored: list[bool] = []
+    ops: list[str] = []
+    for n, (i, img) in enumerate(iter_video(store.clip(clip), set(wanted))):
+        m = n % 2 == 1
+        rec = records[(i, m)]
+        w = img.shape[1]
+        x0, x1 = records[(i, False)].get("picture_x") or (0, w)
+        view = cast(npt.NDArray[np.uint8], cv2.flip(img, 1)) if m else img
+        px = (w - int(x1), w - int(x0)) if m else (int(x0), int(x1))
+        keep = facts_need_colour(Facts.from_json(rec.get("facts", {})))
+        aug, record = augment_image(view, view_seed(clip, i, k), picture_x=px, keep_colour=keep)
+        x, zz = enc(aug)
+        xs.append(x)
+        zs.append(zz)
+        idx.append(i)
+        mirrored.append(m)
+        ops.append(json.dumps(record["ops"]))
+        if progress is not None:
+            progress(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        frames=np.array(idx, np.int64),
+        mirrored=np.array(mirrored, bool),
+        x=np.stack(xs),
+        z=np.stack(zs),
+        ops=np.array(ops),
+        meta=np.array(json.dumps({**meta, "clip": clip, "k": k})),
+    )
+    os.replace(tmp, path)
+    return len(idx), time.perf_counter() - t0
+
+
+def load_augmented_views(
+    folder: Path, home: Path, clips: Sequence[str], k: int = 0
+) -> tuple[list[Any], Block5Maps]:
+    """The augmented views cached by :func:`extract_block5_augmented`: Samples (``augmented=True``) and maps."""
+    from drivecap.training.data import Sample, labels_dir, read_labels
+
+    samples: list[Any] = []
+    xs, zs = [], []
+    for clip in clips:
+        path = folder / f"{clip}.aug{k}.npz"
+        if not path.is_file():
+            raise AssetError(f"no augmented block-5 maps {path}; run the extraction with --augment first")
+        recs = {
+            (int(r["frame"]), bool(r.get("mirrored", False))): r
+            for r in read_labels(labels_dir(home) / f"{clip}.jsonl")
+            if not r.get("augmented")
+        }
+        with np.load(path, allow_pickle=False) as z:
+            for f, m in zip(z["frames"].tolist(), z["mirrored"].tolist(), strict=True):
+                r = recs[(int(f), bool(m))]
+                samples.append(
+                    Sample(clip, int(f), bool(m), str(r["caption"]), r.get("facts", {}), "train", True)
+                )
+            xs.append(z["x"])
+            zs.append(z["z"])
+    return samples, Block5Maps(np.concatenate(xs), np.concatenate(zs))
+
+
 @dataclass
 class Block5Maps:
     """(x, z) of every view of a Split, in the Split's sample order (float16, (N, 512, h, w))."""
@@ -189,6 +281,8 @@ __all__ = [
     "block5_dir",
     "cell_bounds",
     "extract_block5",
+    "extract_block5_augmented",
+    "load_augmented_views",
     "maps_for_samples",
     "split_model_bytes",
 ]

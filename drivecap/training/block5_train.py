@@ -24,7 +24,7 @@ from drivecap.config import Config
 from drivecap.decoder.vocab import Vocab
 from drivecap.training.block5 import Block5Maps, cell_bounds, maps_for_samples
 from drivecap.training.crossval import decode_members, fold_scores, split_by_clip
-from drivecap.training.data import Split, load_split
+from drivecap.training.data import Sample, Split, load_split
 from drivecap.training.model import CaptionModel
 from drivecap.training.train import TrainSettings, encode_captions, fact_targets, feature_stats
 
@@ -182,8 +182,12 @@ def loco_delta(
     epochs: int = 12,
     threads: int = 2,
     checks: Sequence[int] = (1, 2, 3, 4, 6, 8, 10, 12),
+    augmented: tuple[list[Sample], Block5Maps] | None = None,
 ) -> dict[str, Any]:
-    """Leave-one-clip-out over the training clips for each rank; one seed (0), merge decoder on 2x3 cells."""
+    """Leave-one-clip-out over the training clips for each rank; one seed (0), merge decoder on 2x3 cells.
+
+    ``augmented`` views (image-space augmentation, :func:`drivecap.training.block5.load_augmented_views`) join
+    the training part of each fold: only those of the fold's training clips, never of the left-out clip."""
     from drivecap.training.features import features_dir
     from drivecap.training.pipeline import caption_vocab, train_ranges, training_clips
 
@@ -209,6 +213,7 @@ def loco_delta(
         "settings": asdict(s),
         "delta_settings": asdict(ds),
         "rank0_vs_conv5_cache_cosine_min": round(float(cos.min()), 6),
+        "augmented_views": 0 if augmented is None else len(augmented[0]),
         "ranks": {},
     }
     clips = list(split_by_clip(data))
@@ -220,6 +225,16 @@ def loco_delta(
             is_val = np.array([x.clip == clip for x in data.samples])
             train, val = data.select(~is_val), data.select(is_val)
             tmaps, vmaps = _subset(maps, ~is_val), _subset(maps, is_val)
+            if augmented is not None:
+                keep = np.array([x.clip != clip for x in augmented[0]])
+                train = Split(
+                    train.samples + [x for x, k in zip(augmented[0], keep, strict=True) if k],
+                    np.concatenate(
+                        [train.cells, np.zeros((int(keep.sum()), *train.cells.shape[1:]), np.float32)]
+                    ),
+                )
+                am = _subset(augmented[1], keep)
+                tmaps = Block5Maps(np.concatenate([tmaps.x, am.x]), np.concatenate([tmaps.z, am.z]))
             res: dict[int, dict[str, float]] = {}
             train_delta_fixed(train, tmaps, vocab, s, dsr, epochs, _scorer(res, checks, val, vmaps, s, vocab))
             folds[clip] = res
