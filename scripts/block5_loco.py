@@ -40,6 +40,7 @@ def main() -> int:
     lo.add_argument("--aux", type=float, default=0.0, help="auxiliary per-fact loss weight")
     lo.add_argument("--delta-lr", type=float, default=1e-3)
     lo.add_argument("--epochs", type=int, default=12)
+    lo.add_argument("--street-weight", type=float, default=1.0, help="loss weight of the street film's views")
     lo.add_argument("--json", type=Path)
     lo.add_argument("--augment", type=int, default=0, help="train also on K augmented views per frame")
     args = p.parse_args()
@@ -115,7 +116,7 @@ def main() -> int:
         folder,
         sha,
         args.ranks,
-        DeltaSettings(delta_lr=args.delta_lr, aux_weight=args.aux),
+        DeltaSettings(delta_lr=args.delta_lr, aux_weight=args.aux, street_weight=args.street_weight),
         epochs=args.epochs,
         threads=args.threads,
         augmented=aug,

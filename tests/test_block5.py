@@ -141,3 +141,21 @@ def test_augmented_views_alternate_sides_and_load_with_their_captions(
     plain = dict(iter_video(store.clip("challenge02"), {0}))[0]
     x0, _ = enc(plain)
     assert not np.array_equal(x0, maps.x[0])
+
+
+def test_weighted_caption_loss_is_the_token_mean_at_weight_one_and_weights_views() -> None:
+    from drivecap.training.block5_train import weighted_caption_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 7)
+    target = torch.tensor([[4, 5, 2, 0], [6, 2, 0, 0], [5, 5, 6, 2]])
+    plain = torch.nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.1)(
+        logits.reshape(-1, 7), target.reshape(-1)
+    )
+    ones = weighted_caption_loss(logits, target, torch.ones(3), 0, 0.1)
+    assert float(ones) == pytest.approx(float(plain), rel=1e-6)
+    only_first = weighted_caption_loss(logits, target, torch.tensor([1.0, 0.0, 0.0]), 0, 0.1)
+    first = torch.nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.1, reduction="sum")(
+        logits[0], target[0]
+    )
+    assert float(only_first) == pytest.approx(float(first) / 9, rel=1e-6)  # 9 real tokens in the batch

@@ -37,6 +37,8 @@ class DeltaSettings:
     delta_lr: float = 1e-3
     delta_weight_decay: float = 0.0
     aux_weight: float = 0.0
+    #: loss weight of the street film's views against the highway clips' (1 = all views alike)
+    street_weight: float = 1.0
 
 
 class Block5Delta(nn.Module):
@@ -88,6 +90,22 @@ def delta_cells(delta: Block5Delta, maps: Block5Maps, batch: int = 128) -> npt.N
     return np.concatenate(out).astype(np.float32)
 
 
+def weighted_caption_loss(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, pad_id: int, smoothing: float
+) -> torch.Tensor:
+    """Token cross-entropy (label smoothing, pads ignored) with each view's tokens weighted by ``weights``
+    (B,), divided by the number of real tokens: with all weights 1 it is the usual mean over tokens."""
+    tok = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        target.reshape(-1),
+        ignore_index=pad_id,
+        label_smoothing=smoothing,
+        reduction="none",
+    ).reshape(target.shape)
+    real = (target != pad_id).float()
+    return (tok * real * weights[:, None]).sum() / real.sum()
+
+
 def train_delta_fixed(
     train: Split,
     maps: Block5Maps,
@@ -123,7 +141,10 @@ def train_delta_fixed(
     opt = torch.optim.AdamW(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.max_epochs, eta_min=s.lr * 0.05)
     aux_loss = nn.BCEWithLogitsLoss()
-    loss_fn = nn.CrossEntropyLoss(ignore_index=vocab.pad_id, label_smoothing=s.label_smoothing)
+    # Per-view weights (the street film, the only footage with people and cyclists ahead, can be weighted up),
+    # normalised so that the mean weight is 1 and the learning rate means the same whatever the weighting.
+    vw = np.array([ds.street_weight if x.clip == "street" else 1.0 for x in train.samples], np.float32)
+    view_w = torch.from_numpy(vw / vw.mean())
     params = [p for g in groups for p in g["params"]]
     for epoch in range(min(epochs, s.max_epochs)):
         model.train()
@@ -135,7 +156,9 @@ def train_delta_fixed(
             t = int((seq != vocab.pad_id).sum(dim=1).max())
             seq = seq[:, :t]
             logits, aux = model.forward_aux(delta(*_batch(maps, b)), seq[:, :-1])
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), seq[:, 1:].reshape(-1))
+            loss = weighted_caption_loss(
+                logits, seq[:, 1:], view_w[torch.from_numpy(b)], vocab.pad_id, s.label_smoothing
+            )
             if aux is not None and keys is not None:
                 loss = loss + ds.aux_weight * aux_loss(aux, keys[torch.from_numpy(b)])
             opt.zero_grad()
@@ -268,4 +291,11 @@ def loco_delta(
     return out
 
 
-__all__ = ["Block5Delta", "DeltaSettings", "delta_cells", "loco_delta", "train_delta_fixed"]
+__all__ = [
+    "Block5Delta",
+    "DeltaSettings",
+    "delta_cells",
+    "loco_delta",
+    "train_delta_fixed",
+    "weighted_caption_loss",
+]
