@@ -18,6 +18,7 @@ from drivecap.decoder.captioner import pool_cells
 from drivecap.encoders.base import Preprocess
 from drivecap.encoders.export import build_model, save_atomic
 from drivecap.encoders.ort_backend import OrtEncoder
+from drivecap.errors import AssetError
 from drivecap.training.block5 import Block5Maps, SplitEncoder, cell_bounds
 from drivecap.training.block5_train import Block5Delta, DeltaSettings, delta_cells, train_delta_fixed
 from drivecap.training.data import Sample, Split
@@ -159,3 +160,31 @@ def test_weighted_caption_loss_is_the_token_mean_at_weight_one_and_weights_views
         logits[0], target[0]
     )
     assert float(only_first) == pytest.approx(float(first) / 9, rel=1e-6)  # 9 real tokens in the batch
+
+
+def test_extracted_maps_are_gathered_per_view(small_onnx: Path, store: AssetStore, tmp_path: Path) -> None:
+    """extract_block5 caches each frame and its mirror; maps_for_samples picks the right one per view."""
+    from drivecap.training.block5 import extract_block5, maps_for_samples
+    from drivecap.training.features import iter_video
+
+    enc = SplitEncoder(small_onnx, Preprocess("caffe", *HW), 1, tmp_path / "scratch")
+    folder = tmp_path / "b5"
+    n, _ = extract_block5(enc, store, folder, "challenge02", [0, 4], {"test": True})
+    assert n == 2
+    assert extract_block5(enc, store, folder, "challenge02", [0, 4], {})[0] == 0  # already cached
+    import cv2
+
+    img = dict(iter_video(store.clip("challenge02"), {4}))[4]
+    want_x, want_z = enc(img)
+    mirror_x, _ = enc(np.ascontiguousarray(cv2.flip(img, 1)))
+    views = [
+        Sample("challenge02", 4, False, "", {}, "train"),
+        Sample("challenge02", 4, True, "", {}, "train"),
+    ]
+    maps = maps_for_samples(folder, views)
+    np.testing.assert_array_equal(maps.x[0], want_x)
+    np.testing.assert_array_equal(maps.z[0], want_z)
+    np.testing.assert_array_equal(maps.x[1], mirror_x)
+    assert not np.array_equal(maps.x[0], maps.x[1])
+    with pytest.raises(AssetError, match="frame 8 of challenge02"):
+        maps_for_samples(folder, [Sample("challenge02", 8, False, "", {}, "train")])

@@ -98,6 +98,14 @@ class SplitEncoder:
         return res[self.ox][0].astype(np.float16), res[self.oz][0].astype(np.float16)
 
 
+def _save_npz(path: Path, **arrays: npt.NDArray[Any]) -> None:
+    """Written beside the target and renamed: an interrupted extraction never leaves half a cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, path)
+
+
 def extract_block5(
     enc: SplitEncoder,
     store: AssetStore,
@@ -128,18 +136,12 @@ def extract_block5(
         idx.append(i)
         if progress is not None:
             progress(1)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
+    _save_npz(
+        path,
         frames=np.array(idx, np.int64),
         meta=np.array(json.dumps({**meta, "clip": clip})),
-        x=np.stack(cols["x"]),
-        z=np.stack(cols["z"]),
-        x_mirror=np.stack(cols["x_mirror"]),
-        z_mirror=np.stack(cols["z_mirror"]),
+        **{k: np.stack(v) for k, v in cols.items()},
     )
-    os.replace(tmp, path)
     return len(idx), time.perf_counter() - t0
 
 
@@ -192,10 +194,8 @@ def extract_block5_augmented(
         ops.append(json.dumps(record["ops"]))
         if progress is not None:
             progress(1)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
+    _save_npz(
+        path,
         frames=np.array(idx, np.int64),
         mirrored=np.array(mirrored, bool),
         x=np.stack(xs),
@@ -203,7 +203,6 @@ def extract_block5_augmented(
         ops=np.array(ops),
         meta=np.array(json.dumps({**meta, "clip": clip, "k": k})),
     )
-    os.replace(tmp, path)
     return len(idx), time.perf_counter() - t0
 
 
