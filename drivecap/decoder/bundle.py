@@ -225,8 +225,8 @@ def load_bundle(folder: Path, encoder_sha256: str = "") -> Bundle:
     if encoder.onnx_sha256 and encoder_sha256 and encoder.onnx_sha256 != encoder_sha256:
         raise ModelError(
             f"bundle {folder} was trained on encoder {_short(encoder.onnx_sha256)} but the installed "
-            f"encoder is {_short(encoder_sha256)}: run `drivecap encoder export` with the same "
-            "weights or retrain"
+            f"encoder is {_short(encoder_sha256)}: run `drivecap encoder export` with the weights (and the "
+            "encoder.delta, if any) it was trained with, or retrain"
         )
     return Bundle(
         folder,
