@@ -73,8 +73,7 @@ def main() -> int:
                 n, t = extract_block5(enc, AssetStore(home), folder, clip, plan[clip], meta, bar.update)
                 out[clip] = {"encoded": n, "seconds": round(t, 1)}
         if args.augment:
-            from drivecap.training.block5 import extract_block5_augmented
-            from drivecap.training.data import labels_dir, read_labels
+            from drivecap.training.block5 import extract_block5_augmented, label_records
 
             with tqdm(
                 total=args.augment * sum(len(v) for v in plan.values()), unit="view", desc="augmented"
@@ -82,11 +81,7 @@ def main() -> int:
                 for clip in CLIPS:
                     if not plan[clip]:
                         continue
-                    recs = {
-                        (int(r["frame"]), bool(r.get("mirrored", False))): r
-                        for r in read_labels(labels_dir(home) / f"{clip}.jsonl")
-                        if not r.get("augmented")
-                    }
+                    recs = label_records(home, clip)
                     for k in range(args.augment):
                         n, t = extract_block5_augmented(
                             enc, AssetStore(home), folder, clip, recs, plan[clip], k, meta, bar.update

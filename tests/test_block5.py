@@ -15,11 +15,11 @@ import torch
 
 from drivecap.assets import AssetStore
 from drivecap.decoder.captioner import pool_cells
-from drivecap.encoders.base import Preprocess
+from drivecap.encoders.base import Preprocess, grid_bounds
 from drivecap.encoders.export import build_model, save_atomic
 from drivecap.encoders.ort_backend import OrtEncoder
 from drivecap.errors import AssetError
-from drivecap.training.block5 import Block5Maps, SplitEncoder, cell_bounds
+from drivecap.training.block5 import Block5Maps, SplitEncoder
 from drivecap.training.block5_train import Block5Delta, DeltaSettings, delta_cells, train_delta_fixed
 from drivecap.training.data import Sample, Split
 from drivecap.training.pipeline import caption_vocab
@@ -44,11 +44,11 @@ def _frames(store: AssetStore) -> list[npt.NDArray[np.uint8]]:
     return [np.asarray(i, dtype=np.uint8) for i in imgs]
 
 
-def test_cell_bounds_match_the_runtime_pooling() -> None:
+def test_grid_bounds_match_the_runtime_pooling() -> None:
     rng = np.random.default_rng(1)
     f = rng.normal(size=(5, 7, 12)).astype(np.float32)
     ours = np.stack(
-        [f[:, a:b, c:d].mean(axis=(1, 2)) for a, b in cell_bounds(7, 2) for c, d in cell_bounds(12, 3)]
+        [f[:, a:b, c:d].mean(axis=(1, 2)) for a, b in grid_bounds(7, 2) for c, d in grid_bounds(12, 3)]
     )
     np.testing.assert_allclose(ours, pool_cells(f, 2, 3), rtol=1e-6)
 

@@ -128,18 +128,21 @@ class Encoder(abc.ABC):
         self.close()
 
 
+def grid_bounds(size: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) of each of ``parts`` cells along an axis of ``size``, split as evenly as possible."""
+    b = np.linspace(0, size, parts + 1).round().astype(int)
+    return [(int(b[k]), int(b[k + 1])) for k in range(parts)]
+
+
 def pool_grid(fmap: FloatArray, rows: int = 1, cols: int = 3) -> FloatArray:
     """Average-pool a (C, h, w) map over a rows x cols grid -> (rows * cols * C,), cell-major (row, col, C).
 
     Cells split h and w as evenly as possible; a 7-wide map with 3 columns gives widths 2, 3, 2.
     """
     _, h, w = fmap.shape
-    rb = np.linspace(0, h, rows + 1).round().astype(int)
-    cb = np.linspace(0, w, cols + 1).round().astype(int)
+    col_bounds = grid_bounds(w, cols)
     cells = [
-        fmap[:, rb[r] : rb[r + 1], cb[k] : cb[k + 1]].mean(axis=(1, 2))
-        for r in range(rows)
-        for k in range(cols)
+        fmap[:, r0:r1, c0:c1].mean(axis=(1, 2)) for r0, r1 in grid_bounds(h, rows) for c0, c1 in col_bounds
     ]
     return np.concatenate(cells).astype(np.float32)
 

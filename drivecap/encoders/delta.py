@@ -200,9 +200,10 @@ def merge_delta(model: onnx.ModelProto, delta: EncoderDelta, source: Path | None
     file; without a file, :func:`arrays_sha256` of the delta).
     """
     from drivecap.assets import sha256_file
+    from drivecap.encoders.export import read_metadata
 
     name = f"delta {source.name}" if source is not None else f"the delta for {delta.layer}"
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = read_metadata(model)
     built_from = meta.get("drivecap.weights_sha256", "")
     if not built_from:
         raise ModelError(

@@ -35,7 +35,6 @@ from drivecap.errors import AssetError
 
 log = logging.getLogger(__name__)
 
-LAYER = "block5_conv3"
 X_NAME = "block5_conv2/relu"  # the layer's input
 Z_NAME = "block5_conv3/conv"  # its pre-activation
 
@@ -206,11 +205,22 @@ def extract_block5_augmented(
     return len(idx), time.perf_counter() - t0
 
 
+def label_records(home: Path, clip: str) -> dict[tuple[int, bool], dict[str, Any]]:
+    """The teacher's records of a training clip by (frame, mirrored); copy-paste augmented ones left out."""
+    from drivecap.training.data import labels_dir, read_labels
+
+    return {
+        (int(r["frame"]), bool(r.get("mirrored", False))): r
+        for r in read_labels(labels_dir(home) / f"{clip}.jsonl")
+        if not r.get("augmented")
+    }
+
+
 def load_augmented_views(
     folder: Path, home: Path, clips: Sequence[str], k: int = 0
 ) -> tuple[list[Any], Block5Maps]:
     """The augmented views cached by :func:`extract_block5_augmented`: Samples (``augmented=True``) and maps."""
-    from drivecap.training.data import Sample, labels_dir, read_labels
+    from drivecap.training.data import Sample
 
     samples: list[Any] = []
     xs, zs = [], []
@@ -218,11 +228,7 @@ def load_augmented_views(
         path = folder / f"{clip}.aug{k}.npz"
         if not path.is_file():
             raise AssetError(f"no augmented block-5 maps {path}; run the extraction with --augment first")
-        recs = {
-            (int(r["frame"]), bool(r.get("mirrored", False))): r
-            for r in read_labels(labels_dir(home) / f"{clip}.jsonl")
-            if not r.get("augmented")
-        }
+        recs = label_records(home, clip)
         with np.load(path, allow_pickle=False) as z:
             for f, m in zip(z["frames"].tolist(), z["mirrored"].tolist(), strict=True):
                 r = recs[(int(f), bool(m))]
@@ -267,20 +273,13 @@ def maps_for_samples(folder: Path, samples: Sequence[Any]) -> Block5Maps:
     return Block5Maps(xs, zs)
 
 
-def cell_bounds(size: int, parts: int) -> list[tuple[int, int]]:
-    """The same split of ``size`` into ``parts`` as :func:`drivecap.encoders.base.pool_grid`."""
-    b = np.linspace(0, size, parts + 1).round().astype(int)
-    return [(int(b[k]), int(b[k + 1])) for k in range(parts)]
-
-
 __all__ = [
-    "LAYER",
     "Block5Maps",
     "SplitEncoder",
     "block5_dir",
-    "cell_bounds",
     "extract_block5",
     "extract_block5_augmented",
+    "label_records",
     "load_augmented_views",
     "maps_for_samples",
     "split_model_bytes",

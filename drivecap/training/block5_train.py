@@ -22,7 +22,8 @@ from torch import nn
 
 from drivecap.config import Config
 from drivecap.decoder.vocab import Vocab
-from drivecap.training.block5 import Block5Maps, cell_bounds, maps_for_samples
+from drivecap.encoders.base import cosine, grid_bounds
+from drivecap.training.block5 import Block5Maps, maps_for_samples
 from drivecap.training.crossval import decode_members, fold_scores, split_by_clip
 from drivecap.training.data import Sample, Split, load_split
 from drivecap.training.model import CaptionModel
@@ -53,8 +54,8 @@ class Block5Delta(nn.Module):
             nn.init.zeros_(self.up.weight)
             assert self.up.bias is not None
             nn.init.zeros_(self.up.bias)
-        self.rb = cell_bounds(grid[0], rows)
-        self.cb = cell_bounds(grid[1], cols)
+        self.rb = grid_bounds(grid[0], rows)
+        self.cb = grid_bounds(grid[1], cols)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         pre = z if self.down is None or self.up is None else z + self.up(self.down(x))
@@ -226,11 +227,7 @@ def loco_delta(
     # The rank-0 cells are the encoder's own conv5 cells (same frames, here through OpenVINO): a sanity check.
     grid = (maps.x.shape[2] // 2, maps.x.shape[3] // 2)
     c0 = delta_cells(Block5Delta(maps.x.shape[1], 0, grid, 2, 3), maps)
-    num = (c0 * data.cells).sum(axis=(1, 2))
-    cos = num / (
-        np.linalg.norm(c0.reshape(len(c0), -1), axis=1)
-        * np.linalg.norm(data.cells.reshape(len(c0), -1), axis=1)
-    )
+    cos = np.array([cosine(a, b) for a, b in zip(c0, data.cells, strict=True)])
     out: dict[str, Any] = {
         "views": len(data),
         "settings": asdict(s),
