@@ -5,6 +5,7 @@ All on small made-up box lists: no SSD, no clip."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -258,3 +259,17 @@ def test_detections_json_round_trip_keeps_views() -> None:
     assert back == det and back.frame_views(2)["tiles"] == v["tiles"][2]
     first = ClipDetections.from_json(_det().to_json())  # the first format: no views, no key
     assert first.views == {} and first.key == "" and "views" not in _det().to_json()
+
+
+def test_an_opencv_without_the_tensorflow_reader_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cv2
+
+    from drivecap.errors import ModelError
+    from drivecap.training.teacher import Teacher
+
+    monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow", raising=False)
+    with pytest.raises(ModelError, match=r"ssd\.pb .*opencv-python-headless<5\.1") as err:
+        Teacher(tmp_path / "ssd.pb", tmp_path / "ssd.pbtxt")
+    assert "\n" not in str(err.value)

@@ -96,6 +96,11 @@ class Teacher:
 
         self.settings = settings or TeacherSettings()
         cv2.setNumThreads(self.settings.threads)
+        if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+            raise ModelError(
+                f"OpenCV {cv2.__version__} cannot read the SSD teacher's TensorFlow graph {pb.name} "
+                "(cv2.dnn.readNetFromTensorflow is gone since 5.1); pip install 'opencv-python-headless<5.1'"
+            )
         try:
             self.net = cv2.dnn.readNetFromTensorflow(str(pb), str(pbtxt))
         except cv2.error as exc:
