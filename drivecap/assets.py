@@ -165,6 +165,11 @@ def drivecap_home(configured: str = "") -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "drivecap"
 
 
+def is_sha256_hex(s: object) -> bool:
+    """True for a lower-case sha256 hex digest (what :func:`sha256_file` returns)."""
+    return isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

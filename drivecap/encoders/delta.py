@@ -22,6 +22,7 @@ import numpy.typing as npt
 import onnx
 from onnx import numpy_helper
 
+from drivecap.assets import is_sha256_hex
 from drivecap.errors import ModelError
 from drivecap.fsutil import atomic_write_bytes
 
@@ -91,7 +92,7 @@ def save_delta(path: Path, delta: EncoderDelta) -> str:
     where = f"encoder delta {path}"
     if not delta.layer or not isinstance(delta.meta, dict):
         raise ModelError(f"{where}: the delta needs a layer name and a dict of meta")
-    if not _is_sha256(delta.base_weights_sha256):
+    if not is_sha256_hex(delta.base_weights_sha256):
         raise ModelError(
             f"{where}: base_weights_sha256 {delta.base_weights_sha256!r} is not a sha256 hex digest"
         )
@@ -116,10 +117,6 @@ def save_delta(path: Path, delta: EncoderDelta) -> str:
     sha = hashlib.sha256(data).hexdigest()
     log.info("wrote encoder delta %s (%s, rank %d, sha256 %s)", path, delta.layer, delta.rank, sha[:12])
     return sha
-
-
-def _is_sha256(s: object) -> bool:
-    return isinstance(s, str) and len(s) == 64 and all(c in "0123456789abcdef" for c in s)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -178,7 +175,7 @@ def load_delta(path: Path) -> EncoderDelta:
         raise ModelError(
             f"{where}: layer {layer!r} / rank {rank!r} in its meta are not a name and an integer; {AGAIN}"
         )
-    if not _is_sha256(base) or not isinstance(header["meta"], dict):
+    if not is_sha256_hex(base) or not isinstance(header["meta"], dict):
         raise ModelError(f"{where}: base_weights_sha256 / meta in its meta are malformed; {AGAIN}")
     down, up, bias = (arrays[n] for n in ARRAYS)
     if arrays_sha256(down, up, bias) != sums:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivecap.assets import sha256_file
+from drivecap.assets import is_sha256_hex, sha256_file
 from drivecap.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class EngineKey:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if not re.fullmatch(r"[0-9a-f]{64}", self.onnx_sha256):
+        if not is_sha256_hex(self.onnx_sha256):
             raise ValueError(f"onnx_sha256 {self.onnx_sha256!r} is not a sha256 hex digest")
         if not len(self.min_shape) == len(self.opt_shape) == len(self.max_shape):
             raise ValueError("min/opt/max shapes differ in rank")

@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from drivecap.assets import sha256_file
+from drivecap.assets import is_sha256_hex, sha256_file
 from drivecap.encoders.base import Encoder, FloatArray
 from drivecap.encoders.engine_cache import Shape, shape_str, slug
 from drivecap.encoders.export import INPUT_NAME, preprocess_from_metadata
@@ -99,7 +98,7 @@ class OvKey:
     hint: str  # performance hint
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[0-9a-f]{64}", self.onnx_sha256):
+        if not is_sha256_hex(self.onnx_sha256):
             raise ValueError(f"onnx_sha256 {self.onnx_sha256!r} is not a sha256 hex digest")
         if self.precision not in ("fp32", "int8"):
             raise ValueError(f"precision {self.precision!r} is not fp32 or int8")
