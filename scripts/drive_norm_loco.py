@@ -72,6 +72,9 @@ def main() -> int:
     p.add_argument("--tau", type=float, nargs="+", default=[30.0], help="time constants (s) to try")
     p.add_argument("--prior", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--stride", type=int, default=4, help="every Nth training frame (cached by `drivecap train`)"
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -87,12 +90,18 @@ def main() -> int:
     sha = sha256_file(encoder_onnx_path(cfg))
     folder = features_dir(home, sha, cfg.encoder.input_height, cfg.encoder.input_width)
     clips = training_clips()
-    data = load_split(home, folder, clips, 2, 3, train_ranges(), stride=4)
+    data = load_split(home, folder, clips, 2, 3, train_ranges(), stride=args.stride)
     data = data.select([not x.augmented for x in data.samples])
     fps = {c: clip_fps(store, c) for c in clips}
     vocab = caption_vocab()
     s = TrainSettings(kind="merge", rows=2, cols=3, max_epochs=max(CV_EPOCHS), threads=args.threads)
-    report: dict[str, Any] = {"settings": asdict(s), "fps": fps, "samples": len(data), "runs": {}}
+    report: dict[str, Any] = {
+        "settings": asdict(s),
+        "stride": args.stride,
+        "fps": fps,
+        "samples": len(data),
+        "runs": {},
+    }
     runs = [(m, t) for m in args.modes for t in (args.tau if m != "off" else [0.0])]
     for mode, tau in runs:
         name = mode if mode == "off" else f"{mode}-tau{tau:g}"
