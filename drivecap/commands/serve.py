@@ -34,15 +34,16 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     host, port = parse_bind(args.bind)
     token = resolve_token(host, args.token)
     server = WebServer(host, port, token=token, root=root)
+    # Ctrl-C / SIGTERM end the command. The handlers are installed, not inherited: a process started with
+    # SIGINT ignored (a child of a parent that ignores it) would otherwise never stop on Ctrl-C. They are in
+    # place before the URL is printed, so a Ctrl-C sent as soon as the URL shows is never lost.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     with server:
         print(f"drive browser: {server.url}", flush=True)
         if server.lan_url:
             print(f"drive browser on the car's network: {server.lan_url}", flush=True)
-        # Ctrl-C / SIGTERM end the command. The handlers are installed, not inherited: a process started with
-        # SIGINT ignored (a child of a parent that ignores it) would otherwise never stop on Ctrl-C.
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         while not stop.wait(0.5):
             pass
     return 0
