@@ -107,7 +107,8 @@ def test_off_loopback_needs_the_token_and_only_reads(tmp_path: Path) -> None:
         for target in ("/", "/metrics", "/healthz", "/events", "/api/drives", "/stream.mjpg", "/ws"):
             status, _ = raw_get(srv.port, target)
             assert status == 401, target
-        assert raw_get(srv.port, "/metrics?token=" + token[:-1] + "x")[0] == 401
+        wrong = token[:-1] + ("y" if token[-1] == "x" else "x")  # one character off (never the token itself)
+        assert raw_get(srv.port, "/metrics?token=" + wrong)[0] == 401
         assert raw_get(srv.port, "/metrics", {"Authorization": "Bearer wrong-token-wrong"})[0] == 401
         assert raw_get(srv.port, "/metrics", {"Authorization": f"Bearer {token}"})[0] == 200
         assert raw_get(srv.port, "/drives", {"Cookie": f"drivecap_token={token}"})[0] == 200
