@@ -3,7 +3,7 @@
     drivecap --set encoder.threads=2 train --extract-only              # the conv5 feature cache (every 4th frame)
     python scripts/drive_norm_loco.py --modes off center standardise concat --json out.json
 
-For each mode (`drivecap.decoder.drive_norm`; ``off`` is the control: the same loop without it) and each fold
+For each mode (`drivecap.training.drive_norm`; ``off`` is the control: the same loop without it) and each fold
 (one training clip left out), the running per-drive statistics are computed causally over each clip's frames
 (every 4th, in order, at the clip's frame rate), shrunk towards the statistics of the fold's *training* clips
 only, and applied to every view (mirrored views against the column-reversed statistics). The merge2x3 decoder
@@ -28,6 +28,7 @@ import numpy as np
 from drivecap.assets import AssetStore, drivecap_home, sha256_file
 from drivecap.config import load_config
 from drivecap.encoders.paths import encoder_onnx_path
+from drivecap.training.data import Split, load_split
 from drivecap.training.drive_norm import DriveNorm, DriveNormSettings, normalise
 
 log = logging.getLogger("drive_norm_loco")
@@ -41,10 +42,8 @@ def clip_fps(store: AssetStore, clip: str) -> float:
         cap.release()
 
 
-def normalised(data: Any, s: DriveNormSettings, prior_from: list[bool], fps: dict[str, float]) -> Any:
+def normalised(data: Split, s: DriveNormSettings, prior_from: list[bool], fps: dict[str, float]) -> Split:
     """``data`` with every view's cells read against its clip's running statistics (causal, frame order)."""
-    from drivecap.training.data import Split
-
     plain = np.array([not x.mirrored and not x.augmented for x in data.samples])
     base = data.cells[plain & np.asarray(prior_from)]
     mean, var = base.mean(axis=0), base.var(axis=0)
@@ -79,7 +78,6 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from drivecap.training.crossval import _keep, decode_members, fold_scores
-    from drivecap.training.data import load_split
     from drivecap.training.features import features_dir
     from drivecap.training.pipeline import CV_EPOCHS, caption_vocab, train_ranges, training_clips
     from drivecap.training.train import TrainSettings, train_fixed

@@ -1,10 +1,11 @@
-"""Per-drive feature normalisation: the decoder reads a frame's cells against the drive's own recent statistics.
+"""Per-drive feature normalisation: a frame's cells read against the drive's own recent statistics.
 
-Why: under leave-one-clip-out the decoder is tested on a drive it never saw, whose road, light and camera make
-every cell's conv5 average differ from the training drives' (the fold F1 spread is mostly that). Subtracting the
-drive's own running mean per cell and channel (and, in ``standardise``, dividing by its running std) is the
-input-layer form of adaptive batch normalisation (AdaBN: re-estimating normalisation statistics on the target
-domain): what stays is what changes inside the drive, which is where the objects are.
+Measured under leave-one-clip-out (``scripts/drive_norm_loco.py``, docs/caption-model.md) and not shipped: every
+mode scored below the plain decoder. The idea: a drive the decoder never saw differs from the training drives in
+every cell's conv5 average (road, light, camera); subtracting the drive's own running mean per cell and channel
+(and, in ``standardise``, dividing by its running std) is the input-layer form of adaptive batch normalisation
+(AdaBN: normalisation statistics re-estimated on the target domain). ``concat`` keeps the cells and adds the
+centred ones.
 
 The statistics are causal and rate-free: an exponentially decaying, time-weighted mean over the frames encoded
 so far (time constant ``tau_s``), shrunk towards the training set's statistics with the weight of ``prior_s``
