@@ -77,7 +77,7 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from drivecap.training.crossval import _keep, decode_members, fold_scores
+    from drivecap.training.crossval import decode_members, fold_scores, keep_snapshot
     from drivecap.training.features import features_dir
     from drivecap.training.pipeline import CV_EPOCHS, caption_vocab, train_ranges, training_clips
     from drivecap.training.train import TrainSettings, train_fixed
@@ -111,7 +111,7 @@ def main() -> int:
             d = data if mode == "off" else normalised(data, ns, keep, fps)
             train, val = d.select(keep), d.select([not k for k in keep])
             snaps: dict[int, list[dict[str, np.ndarray]]] = {e: [] for e in CV_EPOCHS}
-            train_fixed(train, vocab, replace(s, seed=0), max(CV_EPOCHS), partial(_keep, snaps))
+            train_fixed(train, vocab, replace(s, seed=0), max(CV_EPOCHS), partial(keep_snapshot, snaps))
             folds[clip] = {
                 e: fold_scores(decode_members(snaps[e][:1], s, vocab, val), val) for e in CV_EPOCHS
             }

@@ -71,7 +71,7 @@ def fold_scores(preds: list[str], split: Split) -> dict[str, float]:
     return v
 
 
-def _keep(snaps: dict[int, list[dict[str, FloatArray]]], epoch: int, model: Any) -> None:
+def keep_snapshot(snaps: dict[int, list[dict[str, FloatArray]]], epoch: int, model: Any) -> None:
     """Keeps the exported weights after ``epoch`` (0-based) when its 1-based count is checked."""
     if epoch + 1 in snaps:
         snaps[epoch + 1].append(model.export())
@@ -95,7 +95,7 @@ def cross_validate(
         train = data.select([x.clip != clip for x in data.samples])
         snaps: dict[int, list[dict[str, FloatArray]]] = {e: [] for e in checks}
         for seed in seeds:
-            train_fixed(train, vocab, replace(s, seed=seed), max(checks), partial(_keep, snaps))
+            train_fixed(train, vocab, replace(s, seed=seed), max(checks), partial(keep_snapshot, snaps))
         res: dict[str, dict[int, dict[str, float]]] = {}
         for n in range(1, len(seeds) + 1):
             res[str(n)] = {e: fold_scores(decode_members(snaps[e][:n], s, vocab, val), val) for e in checks}
