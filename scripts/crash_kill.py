@@ -30,7 +30,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--kinds", default="replay,live")
     ap.add_argument("--out", type=Path, help="keep the outputs here (default: a temporary folder)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for the runs")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for the runs"
+    )
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--clip", default="challenge02", help="clip the replay and the camera use")
     ap.add_argument("--stride", type=int, default=5, help="replay: encode every N-th frame (all are written)")

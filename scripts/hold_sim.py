@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             "captions": n_caps,
             "clips": per_clip,
         }
-        print(f"{label:24s} short {short}/{len(allc)} = {short / max(1, len(allc)):.3f}  captions {n_caps}  {per_clip}")
+        print(
+            f"{label:24s} short {short}/{len(allc)} = {short / max(1, len(allc)):.3f}  captions {n_caps}  {per_clip}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     return 0

@@ -40,7 +40,9 @@ def main() -> None:
     from drivecap.web.server import WebServer
 
     # A shorter maximum caption age than the default (8 s) fills the timeline within a short run.
-    cfg = load_config(REPO / "config.yaml", ["speech.backend=none", "output.window=false", "gate.max_age_s=2.0"])
+    cfg = load_config(
+        REPO / "config.yaml", ["speech.backend=none", "output.window=false", "gate.max_age_s=2.0"]
+    )
     clip = str(AssetStore().clip(args.clip))
     enc, cap = load_models(cfg)
     with enc, sync_playwright() as p, tempfile.TemporaryDirectory() as tmp:

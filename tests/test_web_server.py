@@ -423,7 +423,9 @@ def test_serve_stops_on_ctrl_c_even_when_started_with_sigint_ignored(tmp_path: P
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline().startswith("drive browser: http://127.0.0.1:")
+        assert proc.stdout is not None and proc.stdout.readline().startswith(
+            "drive browser: http://127.0.0.1:"
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0

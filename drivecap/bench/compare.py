@@ -18,9 +18,7 @@ def make_sides(cfg: Config, compare: str | None) -> list[Side]:
     from drivecap.encoders.factory import gpu_available, make_encoder, openvino_available
 
     backends = [
-        b
-        for b, present in (("tensorrt", gpu_available()), ("openvino", openvino_available()))
-        if present
+        b for b, present in (("tensorrt", gpu_available()), ("openvino", openvino_available())) if present
     ] + ["onnxruntime"]
     if compare == "backend" and len(backends) < 2:
         raise BackendUnavailable(

@@ -156,7 +156,12 @@ class Inference:
             "pixel": rounded(pscore),
         }
         age = self.gate.caption_age(frame.t_source)
-        if cfg.gate.enabled and not moved and age < cfg.gate.max_age_s and not self.gate.is_due(frame.t_source):
+        if (
+            cfg.gate.enabled
+            and not moved
+            and age < cfg.gate.max_age_s
+            and not self.gate.is_due(frame.t_source)
+        ):
             self.pregate_skipped += 1
             gate_ev.update(encoded=False, open=False, reason="static", state=self.gate.state)
             self.gate_text = f"{self.gate.state} static"

@@ -17,7 +17,6 @@ from drivecap.pipeline.summary import RunSummary
 log = logging.getLogger(__name__)
 
 
-
 class OfflineLoop(PipelineCore):
     def _run_offline(self, source: Source, stack: contextlib.ExitStack, summary: RunSummary) -> None:
         inf = Inference(self.cfg, self.encoder, self.captioner, self.metrics)
@@ -77,4 +76,3 @@ class OfflineLoop(PipelineCore):
             summary.utterances = speech.rendered  # what was really said, also when TTS broke mid-run
             summary.source_s = (t_last + 1.0 / fps) if summary.frames_out else 0.0
             self._end_event(summary)
-

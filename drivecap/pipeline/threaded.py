@@ -19,7 +19,6 @@ from drivecap.pipeline.summary import RunSummary
 log = logging.getLogger(__name__)
 
 
-
 class ThreadedLoop(PipelineCore):
     def _wait_for_next(self, frame: Frame, period_s: float) -> bool:
         """Whether to skip ``frame`` (waiting in the slot) and encode the next one instead.
@@ -177,5 +176,3 @@ class ThreadedLoop(PipelineCore):
         self._stop.set()
         cap_thread.join(timeout=max(5.0, self.cfg.capture.read_timeout_s + 1))
         worker.join(timeout=60)
-
-

@@ -102,7 +102,10 @@ def _summary(
         "per_clip": per_clip,
     }
     if ms:
-        out["decode_ms"] = {"mean": rounded(float(np.mean(ms)), 3), "p95": rounded(float(np.percentile(ms, 95)), 3)}
+        out["decode_ms"] = {
+            "mean": rounded(float(np.mean(ms)), 3),
+            "p95": rounded(float(np.percentile(ms, 95)), 3),
+        }
     return out
 
 
