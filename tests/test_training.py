@@ -175,6 +175,28 @@ def test_fixed_epoch_training_repeats_the_cross_validated_run() -> None:
     assert not np.array_equal(snaps[2]["W_out"], snaps[4]["W_out"])
 
 
+def test_street_repeat_oversamples_the_street_views_only() -> None:
+    """``street_repeat`` trains on the street film's views that many times over: other clips once each, and the
+    feature statistics the model normalises with are those of the repeated set."""
+    from drivecap.training.train import train_fixed
+
+    data = _split(20, 6, "a").concat(_split(10, 7, "street"))
+    rep = data.repeat_clip("street", 3)
+    by_clip = {c: sum(x.clip == c for x in rep.samples) for c in ("a", "street")}
+    assert by_clip == {"a": 40, "street": 60} and len(data.repeat_clip("street", 1)) == len(data)
+    with pytest.raises(ValueError, match="repeat count"):
+        data.repeat_clip("street", 0)
+    vocab = caption_vocab()
+    s = TrainSettings(rows=1, cols=3, embed_dim=8, hidden_dim=12, image_dim=8, max_epochs=1, street_repeat=3)
+    model = train_fixed(data, vocab, s, 1)
+
+    def channel_mean(x: Split) -> np.ndarray:
+        return x.cells.reshape(-1, x.cells.shape[-1]).mean(axis=0)
+
+    np.testing.assert_allclose(model.feat_mean.numpy(), channel_mean(rep), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(channel_mean(rep), channel_mean(data), atol=1e-3)
+
+
 def test_cross_validation_leaves_each_clip_out_and_picks_the_best_mean() -> None:
     from drivecap.training.crossval import best_choice, cross_validate
 

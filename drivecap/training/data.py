@@ -81,6 +81,17 @@ class Split:
             [at.get((x.clip, x.frame, not x.mirrored, x.augmented), -1) for x in self.samples], np.int64
         )
 
+    def repeat_clip(self, clip: str, times: int) -> Split:
+        """This split with ``clip``'s views repeated ``times`` times in all (oversampling; 1 = unchanged).
+        The repeats go at the end; training shuffles every epoch, so the order does not matter."""
+        if times < 1:
+            raise ValueError(f"repeat count must be >= 1, got {times}")
+        extra = self.select([x.clip == clip for x in self.samples])
+        out = self
+        for _ in range(times - 1):
+            out = out.concat(extra)
+        return out
+
     def concat(self, other: Split) -> Split:
         if not len(other):
             return self

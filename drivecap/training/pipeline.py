@@ -39,6 +39,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "merge2x3+tokenweights": {"token_weight_power": 0.5},
     "merge2x3+auxfacts": {"aux_weight": 1.0},
     "merge2x3+auxfacts+tokenweights": {"aux_weight": 1.0, "token_weight_power": 0.5},
+    # The street film's training views four times over (scripts/street_weight_loco.py chose 4 of 1, 2, 4, 8).
+    "merge2x3+street4": {"street_repeat": 4},
     # Soft attention over every cell of the conv5 map (rows/cols 0 = the cached map's own grid: 7x7 at
     # 224x224, 7x12 at 224x384), Show-Attend-and-Tell style.
     "attention-grid": {"kind": "attention", "rows": 0, "cols": 0},

@@ -47,6 +47,9 @@ class TrainSettings:
     token_weight_max: float = 4.0
     #: weight of an auxiliary per-fact loss on the image vector (training only; 0 = off)
     aux_weight: float = 0.0
+    #: the street film's training views repeated this many times in all (oversampling the only footage with
+    #: people and cyclists ahead, issue 11 item 2; 1 = off)
+    street_repeat: int = 1
 
     def arch(self, vocab_size: int, feature_dim: int = 512) -> Arch:
         return Arch(
@@ -148,6 +151,8 @@ def train_fixed(
     torch.manual_seed(s.seed)
     torch.set_num_threads(s.threads)
     rng = np.random.default_rng(s.seed)
+    if s.street_repeat != 1:
+        train = train.repeat_clip("street", s.street_repeat)
     keys = fact_targets([x.caption for x in train.samples]) if s.aux_weight > 0 else None
     model = CaptionModel(
         s.arch(len(vocab), train.cells.shape[-1]),
