@@ -265,4 +265,5 @@ def test_shipped_bundle_records_each_fold_beside_its_card() -> None:
     card = (folder / "MODEL_CARD.md").read_text()
     for clip, f1 in folds.items():
         row = re.search(rf"^\| {clip} \| [0-9.]+ \| ([0-9.]+) \|", card, re.M)
-        assert row is not None and float(row.group(1)) == f1, clip
+        # The card prints three decimals, bundle.json keeps four.
+        assert row is not None and abs(float(row.group(1)) - f1) <= 0.0005 + 1e-9, clip
