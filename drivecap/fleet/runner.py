@@ -104,6 +104,7 @@ class FleetRunner:
         run_id: str | None = None,
         progress: bool = True,
         on_poll: Callable[[FleetRunner], None] | None = None,
+        poll_s: float = 0.5,
     ) -> None:
         self.cfg = cfg
         self.out = out
@@ -111,6 +112,7 @@ class FleetRunner:
         self.run_id = run_id or f"{os.getpid()}{int(time.time()) % 100000}"
         self.progress = progress
         self.on_poll = on_poll  # called between waits (tests use it to kill a worker mid-drive)
+        self.poll_s = poll_s  # longest wait for a finished drive before the progress bars and on_poll
         self.cfg_hash = config_hash(cfg)
         self.actors: list[Any] = []
         self.board: Any = None
@@ -182,7 +184,7 @@ class FleetRunner:
                     task, ai = pending.pop(0), idle.pop(0)
                     ref = self.actors[ai].replay.remote(task, str(self.out), self.run_id, self.cfg_hash)
                     inflight[ref] = (task, ai)
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
                 for ref in ready:
                     task, ai = inflight.pop(ref)
                     idle.append(ai)
