@@ -50,15 +50,6 @@ def ahead_f1(preds: list[str], split: Split) -> tuple[float | None, int]:
     return total.f1, total.tp + total.fn
 
 
-def weighted(train: Split, weight: int) -> Split:
-    """``train`` with its street views repeated ``weight`` times (1: unchanged)."""
-    street = train.select([x.clip == STREET for x in train.samples])
-    out = train
-    for _ in range(weight - 1):
-        out = out.concat(street)
-    return out
-
-
 def folds_of(data: Split, split_at: int, gap: int) -> dict[str, tuple[list[bool], list[bool]]]:
     """(train mask, test mask) per fold: each dashcam clip left out, and the late street frames."""
     out: dict[str, tuple[list[bool], list[bool]]] = {}
@@ -113,9 +104,12 @@ def main() -> int:
         t0 = time.perf_counter()
         scores: dict[str, dict[int, dict[str, Any]]] = {}
         for name, (tr, te) in folds.items():
-            train, test = weighted(data.select(tr), w), data.select(te)
+            train, test = data.select(tr), data.select(te)
             snaps: dict[int, list[dict[str, np.ndarray]]] = {e: [] for e in CV_EPOCHS}
-            train_fixed(train, vocab, replace(s, seed=0), max(CV_EPOCHS), partial(keep_snapshot, snaps))
+            sw = replace(
+                s, seed=0, street_repeat=w
+            )  # train_fixed repeats the street views (Split.repeat_clip)
+            train_fixed(train, vocab, sw, max(CV_EPOCHS), partial(keep_snapshot, snaps))
             scores[name] = {}
             for e in CV_EPOCHS:
                 preds = decode_members(snaps[e][:1], s, vocab, test)
