@@ -128,6 +128,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "enter1 leave3 confirm": {"enter_s": 1.0, "leave_s": 3.0, "confirm": True},
     "enter1 leave3": {"enter_s": 1.0, "leave_s": 3.0, "confirm": False},
     "enter1.5 leave3": {"enter_s": 1.5, "leave_s": 3.0, "confirm": False},
+    "enter2 leave3": {"enter_s": 2.0, "leave_s": 3.0, "confirm": False},
 }
 
 

@@ -335,3 +335,21 @@ def test_attention_over_the_full_grid_learns_sides_and_reads_the_cache_grid(tmp_
     assert [cap.caption_cells(c).text for c in val.cells[:20]] == decode_split(
         model, val.cells[:20], caption_vocab(), 17
     )
+
+
+def test_copy_paste_cache_is_keyed_by_the_labels(tmp_path: Path) -> None:
+    """Two homes sharing a feature folder but labelled by different teachers never share copy-paste frames."""
+    from drivecap.training.augment_data import augmented_path, labels_tag
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for home, caption in ((a, "car on the left"), (b, "car close ahead")):
+        (home / "labels").mkdir(parents=True)
+        (home / "labels" / "challenge02.jsonl").write_text(json.dumps({"caption": caption}) + "\n")
+    folder = tmp_path / "features"
+    pa = augmented_path(folder, ["challenge02"], 10, 0, labels_tag(a, ["challenge02"]))
+    pb = augmented_path(folder, ["challenge02"], 10, 0, labels_tag(b, ["challenge02"]))
+    assert pa != pb and pa.parent == pb.parent == folder
+    # the same labels in another home give the same file; another clip's labels do not enter the tag
+    (b / "labels" / "challenge02.jsonl").write_text((a / "labels" / "challenge02.jsonl").read_text())
+    (b / "labels" / "street.jsonl").write_text("{}\n")
+    assert labels_tag(a, ["challenge02"]) == labels_tag(b, ["challenge02"])

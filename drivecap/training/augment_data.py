@@ -2,11 +2,14 @@
 
 The frames come from :mod:`drivecap.captions.augment` (vehicle crops pasted into the ego lane of training
 frames). They are encoded once, with their mirror (the *image* flipped, the facts mirrored), into
-``<feature folder>/augmented-<tag>.npz`` and then used as training samples like any other frame.
+``<feature folder>/augmented-<tag>.npz`` and then used as training samples like any other frame. The tag names
+the clips, the count, the seed and the label files the crops and facts came from (their sha256), so frames made
+from one teacher's labels are never read as another's (homes may share a feature folder).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,9 +30,18 @@ from drivecap.training.data import Sample, Split, labels_dir
 log = logging.getLogger(__name__)
 
 
-def augmented_path(folder: Path, clips: Sequence[str], per_clip: int, seed: int) -> Path:
+def labels_tag(home: Path, clips: Sequence[str]) -> str:
+    """First 8 hex digits of the sha256 over the clips' label files (missing files count as empty)."""
+    h = hashlib.sha256()
+    for clip in sorted(clips):
+        path = labels_dir(home) / f"{clip}.jsonl"
+        h.update(clip.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"") + b"\0")
+    return h.hexdigest()[:8]
+
+
+def augmented_path(folder: Path, clips: Sequence[str], per_clip: int, seed: int, labels: str) -> Path:
     tag = "-".join(sorted(clips))
-    return folder / f"augmented-{tag}-n{per_clip}-s{seed}.npz"
+    return folder / f"augmented-{tag}-n{per_clip}-s{seed}-l{labels}.npz"
 
 
 def extract_augmented(
@@ -40,7 +52,7 @@ def extract_augmented(
 
     from drivecap.training.augment import augmented_frames, build_crops
 
-    path = augmented_path(folder, clips, per_clip, seed)
+    path = augmented_path(folder, clips, per_clip, seed, labels_tag(home, clips))
     if path.is_file():
         return {"path": str(path), "encoded": 0, "seconds": 0.0}
     t0 = time.perf_counter()
