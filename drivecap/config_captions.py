@@ -15,7 +15,7 @@ class HoldConfig:
         "while, so the caption does not flip within a second (false = show every decoded caption as it is)",
     )
     enter_s: float = knob(
-        1.0,
+        1.5,
         "A new fact (or a car turning close) is shown once seen on every caption this long",
         min=0.0,
         max=60.0,

@@ -7,7 +7,10 @@ Training parts only (project_video02/03, challenge02/03, street frames 0-1439): 
 realtime replay encodes at on these 2 cores), with its mirror; the features are cached in --cache. Then the real
 :class:`drivecap.pipeline.inference.Inference` (pixel pre-gate, semantic gate, mirror-view decoder, fact hold)
 runs over them for each hold setting, and the captions' cues are measured as the realtime bench measures them:
-a cue lasts from a caption until a different text replaces it; the share of cues under 2 s is flicker.
+a cue lasts from a caption until a different text replaces it; the share of cues under 2 s is flicker. What a
+hold costs is measured beside it: the caption on screen at every encoded frame against the teacher's label of
+that frame (``drivecap label``'s files in $DRIVECAP_HOME), micro fact F1: a hold that froze the caption would
+lower it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import numpy as np
 
 from drivecap.assets import CLIPS, AssetStore
 from drivecap.bench.figures import SHORT_CUE_S
+from drivecap.captions.grammar import parse
 from drivecap.config import Config, load_config
 from drivecap.encoders.base import EncodeResult
 from drivecap.frames import Frame
 from drivecap.metrics import LatencyRecorder
 from drivecap.pipeline.inference import Inference, load_models
+from drivecap.training.caption_metrics import fact_scores
 
 TRAINING = ("project_video02", "project_video03", "challenge02", "challenge03", "street")
 SMALL = (160, 90)  # what the pixel pre-gate sees (its 32x32 thumbnail of this ~ of the full frame)
@@ -95,10 +100,14 @@ class CachedEncoder:
         return "cached"
 
 
-def simulate(cfg: Config, captioner: Any, clip: dict[str, np.ndarray]) -> list[tuple[float, str]]:
+def simulate(
+    cfg: Config, captioner: Any, clip: dict[str, np.ndarray]
+) -> tuple[list[tuple[float, str]], list[str]]:
+    """The captions made (time, text) and the caption on screen at every encoded frame."""
     enc = CachedEncoder(clip["fmap"][0], clip["mirror"][0])
     inf = Inference(cfg, enc, captioner, LatencyRecorder())
     caps: list[tuple[float, str]] = []
+    shown: list[str] = []
     for k in range(len(clip["t"])):
         enc.fmap, enc.mirror, enc.calls = clip["fmap"][k], clip["mirror"][k], 0
         t = float(clip["t"][k])
@@ -106,7 +115,24 @@ def simulate(cfg: Config, captioner: Any, clip: dict[str, np.ndarray]) -> list[t
         _, ev = inf.process(frame)
         if ev is not None:
             caps.append((t, ev.text))
-    return caps
+        shown.append(caps[-1][1] if caps else "")
+    return caps, shown
+
+
+def teacher_keys(name: str, frames: np.ndarray) -> list[frozenset[str]] | None:
+    """The teacher's fact keys of each frame (``drivecap label``'s files), or None without labels."""
+    from drivecap.assets import drivecap_home
+    from drivecap.training.data import labels_dir
+
+    path = labels_dir(drivecap_home()) / f"{name}.jsonl"
+    if not path.is_file():
+        return None
+    by_frame = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if not rec["mirrored"]:
+            by_frame[int(rec["frame"])] = parse(rec["caption"]).keys
+    return [by_frame.get(int(f), frozenset()) for f in frames]
 
 
 def cues(caps: list[tuple[float, str]]) -> list[float]:
@@ -150,8 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         per_clip = {}
         allc: list[float] = []
         n_caps = 0
+        on_screen: list[frozenset[str]] = []
+        truth: list[frozenset[str]] = []
         for name, clip in data.items():
-            caps = simulate(c, captioner, clip)
+            caps, shown = simulate(c, captioner, clip)
+            keys = teacher_keys(name, clip["frames"])
+            if keys is not None:
+                on_screen += [parse(x).keys for x in shown]
+                truth += keys
             lens = cues(caps)
             allc += lens
             n_caps += len(caps)
@@ -165,10 +197,15 @@ def main(argv: list[str] | None = None) -> int:
             "short_share": round(short / len(allc), 3) if allc else None,
             "median_cue_s": round(float(np.median(allc)), 2) if allc else None,
             "captions": n_caps,
+            # the caption on screen at each encoded frame against the teacher's label of that frame
+            "on_screen_fact_f1": round(fact_scores(on_screen, truth)["micro"].f1 or 0.0, 4)
+            if truth
+            else None,
             "clips": per_clip,
         }
         print(
-            f"{label:24s} short {short}/{len(allc)} = {short / max(1, len(allc)):.3f}  captions {n_caps}  {per_clip}"
+            f"{label:24s} short {short}/{len(allc)} = {short / max(1, len(allc)):.3f}  captions {n_caps}  "
+            f"on-screen fact F1 {res['settings'][label]['on_screen_fact_f1']}  {per_clip}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")

@@ -155,7 +155,7 @@ def test_gate_opens_for_a_requested_caption_no_sooner_than_min_interval() -> Non
 
 def test_hold_knobs_in_config() -> None:
     cfg = Config()
-    assert cfg.hold.enabled and cfg.hold.enter_s == 1.0 and cfg.hold.leave_s == 3.0
+    assert cfg.hold.enabled and cfg.hold.enter_s == 1.5 and cfg.hold.leave_s == 3.0
     assert cfg.hold.urgent_enter_s == 0.0 and not cfg.hold.confirm  # chosen on the training clips
 
 
