@@ -162,14 +162,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/hold/training_sim.json"))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/drivecap-hold-sim"))
+    ap.add_argument(
+        "--grid",
+        action="store_true",
+        help="every enter 0.5/1/1.5 s x leave 1/2/3 s x confirm off/on instead of the settings above",
+    )
     args = ap.parse_args(argv)
+    settings = SETTINGS
+    if args.grid:
+        settings = {"off": {"enabled": False}}
+        for enter in (0.5, 1.0, 1.5):
+            for leave in (1.0, 2.0, 3.0):
+                for confirm in (False, True):
+                    label = f"enter{enter:g} leave{leave:g}" + (" confirm" if confirm else "")
+                    settings[label] = {"enter_s": enter, "leave_s": leave, "confirm": confirm}
     cfg = load_config(None, [])
     data = extract(cfg, args.cache)
     from drivecap.decoder.captioner import Captioner
 
     captioner = Captioner.load(cfg)
     res: dict[str, Any] = {"settings": {}, "clips": list(data)}
-    for label, knobs in SETTINGS.items():
+    for label, knobs in settings.items():
         c = copy.deepcopy(cfg)
         for k, v in knobs.items():
             setattr(c.hold, k, v)
