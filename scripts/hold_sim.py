@@ -122,16 +122,12 @@ def simulate(
 def teacher_keys(name: str, frames: np.ndarray) -> list[frozenset[str]] | None:
     """The teacher's fact keys of each frame (``drivecap label``'s files), or None without labels."""
     from drivecap.assets import drivecap_home
-    from drivecap.training.data import labels_dir
+    from drivecap.training.data import labels_dir, read_labels
 
     path = labels_dir(drivecap_home()) / f"{name}.jsonl"
     if not path.is_file():
         return None
-    by_frame = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if not rec["mirrored"]:
-            by_frame[int(rec["frame"])] = parse(rec["caption"]).keys
+    by_frame = {int(r["frame"]): parse(r["caption"]).keys for r in read_labels(path) if not r["mirrored"]}
     return [by_frame.get(int(f), frozenset()) for f in frames]
 
 
@@ -182,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     captioner = Captioner.load(cfg)
     res: dict[str, Any] = {"settings": {}, "clips": list(data)}
+    truth_of = {name: teacher_keys(name, clip["frames"]) for name, clip in data.items()}
     for label, knobs in settings.items():
         c = copy.deepcopy(cfg)
         for k, v in knobs.items():
@@ -193,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         truth: list[frozenset[str]] = []
         for name, clip in data.items():
             caps, shown = simulate(c, captioner, clip)
-            keys = teacher_keys(name, clip["frames"])
+            keys = truth_of[name]
             if keys is not None:
                 on_screen += [parse(x).keys for x in shown]
                 truth += keys

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from drivecap.assets import drivecap_home, sha256_file
+from drivecap.assets import sha256_file
 from drivecap.captions.grammar import parse
 from drivecap.config import load_config
 from drivecap.encoders.paths import encoder_onnx_path
@@ -87,7 +87,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     cfg = load_config(None, args.set)
-    fhome = args.features_home or sets[0][1] or drivecap_home(cfg.paths.home)
+    fhome = args.features_home or sets[0][1]
     sha = sha256_file(encoder_onnx_path(cfg))
     folder = features_dir(fhome, sha, cfg.encoder.input_height, cfg.encoder.input_width)
     hand: dict[tuple[str, int], tuple[str, frozenset[str]]] = {}
