@@ -267,3 +267,60 @@ def test_shipped_bundle_records_each_fold_beside_its_card() -> None:
         row = re.search(rf"^\| {clip} \| [0-9.]+ \| ([0-9.]+) \|", card, re.M)
         # The card prints three decimals, bundle.json keeps four.
         assert row is not None and abs(float(row.group(1)) - f1) <= 0.0005 + 1e-9, clip
+
+
+def test_pool_modes_on_a_known_map() -> None:
+    """Each cell of a 2x3 grid over a (2, 4, 6) map is a 2x2 block: mean, max, GeM and mean+max of its values."""
+    from drivecap.decoder.captioner import pool_cells, pooled_channels
+
+    fmap = np.arange(48, dtype=np.float32).reshape(2, 4, 6)
+    block = fmap[:, 2:4, 4:6].reshape(2, -1)  # the bottom-right cell
+    avg, mx = pool_cells(fmap, 2, 3, "avg"), pool_cells(fmap, 2, 3, "max")
+    gem, both = pool_cells(fmap, 2, 3, "gem3"), pool_cells(fmap, 2, 3, "avgmax")
+    assert avg.shape == mx.shape == gem.shape == (6, 2) and both.shape == (6, 4)
+    np.testing.assert_allclose(avg[5], block.mean(axis=1))
+    np.testing.assert_allclose(mx[5], block.max(axis=1))
+    np.testing.assert_allclose(gem[5], np.cbrt((block**3).mean(axis=1)), rtol=1e-6)
+    assert np.all(avg < gem) and np.all(gem < mx)  # distinct values: the mean < GeM(3) < the max
+    np.testing.assert_allclose(both, np.concatenate([avg, mx], axis=1))
+    assert pooled_channels(512, "avgmax") == 1024 and pooled_channels(512, "gem3") == 512
+
+
+def _pooled_bundle(folder: Path, mode: str, feature_dim: int) -> Path:
+    from drivecap.decoder.bundle import EncoderRef, Pooling, random_params, save_bundle
+    from drivecap.decoder.lstm import Arch
+    from drivecap.decoder.vocab import Vocab
+
+    vocab = Vocab.build([], extra=["car", "left", "right", "on", "the"])
+    arch = Arch("merge", feature_dim, 6, 4, 6, 5, 4, len(vocab))
+    save_bundle(folder, arch, random_params(arch, seed=0), vocab, EncoderRef(), Pooling(2, 3, mode), "# p\n")
+    return folder
+
+
+def test_avgmax_bundle_reads_maps_of_half_its_width(tmp_path: Path) -> None:
+    b = load_bundle(_pooled_bundle(tmp_path / "b", "avgmax", 16))
+    assert b.pooling.mode == "avgmax"
+    cap = Captioner(b, max_tokens=6)
+    fmap = np.random.default_rng(1).random((8, 7, 7), dtype=np.float32)
+    assert cap.cells(fmap).shape == (6, 16)
+    assert 0 < len(cap.caption(fmap).tokens) <= 6
+    with pytest.raises(ModelError, match=r"conv5 maps of 8 channels \(avgmax pooling\)") as info:
+        cap.cells(np.zeros((16, 7, 7), np.float32))
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_pool_mode_is_a_one_line_error(tmp_path: Path) -> None:
+    folder = _pooled_bundle(tmp_path / "b", "avg", 8)
+    meta = json.loads((folder / BUNDLE_JSON).read_text())
+    assert meta["pooling"]["mode"] == "avg"
+    meta["pooling"]["mode"] = "median"
+    (folder / BUNDLE_JSON).write_text(json.dumps(meta))
+    msg = _one_line_error(folder)
+    assert "'median'" in msg and "avgmax" in msg and str(folder / BUNDLE_JSON) in msg
+
+
+def test_bundle_without_pool_mode_is_average_pooled(bundle: Path) -> None:
+    meta = json.loads((bundle / BUNDLE_JSON).read_text())
+    meta["pooling"].pop("mode", None)
+    (bundle / BUNDLE_JSON).write_text(json.dumps(meta))
+    assert load_bundle(bundle).pooling.mode == "avg"

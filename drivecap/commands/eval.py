@@ -103,7 +103,14 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     b = cap.bundle
     split = load_split(
-        home, feats, args.clips, b.pooling.rows, b.pooling.cols, heldout=True, with_flipped=True
+        home,
+        feats,
+        args.clips,
+        b.pooling.rows,
+        b.pooling.cols,
+        heldout=True,
+        with_flipped=True,
+        pool=b.pooling.mode,
     )
     if not len(split):
         raise DrivecapError(
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     result["bundle"] = str(folder)
     result["architecture"] = {
         "kind": b.arch.kind,
-        "pooling": [b.pooling.rows, b.pooling.cols],
+        "pooling": [b.pooling.rows, b.pooling.cols, b.pooling.mode],
         "flip_ensemble": b.flip_ensemble,
         "members": 1 + len(b.members),
         "hidden": b.arch.hidden_dim,

@@ -46,12 +46,20 @@ class EncoderRef:
     precision: str = "fp32"
 
 
+#: How a cell summarises its part of the conv5 map: the mean; the max; the generalised mean with p = 3 (GeM,
+#: between the two: a small strong response is less diluted by the road around it); or the mean and the max side
+#: by side (twice the channels).
+POOL_MODES = ("avg", "max", "gem3", "avgmax")
+
+
 @dataclass(frozen=True)
 class Pooling:
-    """The (C, h, w) conv5 map is average-pooled over a rows x cols grid; each cell is one decoder input."""
+    """The (C, h, w) conv5 map is pooled over a rows x cols grid (``mode``, one of ``POOL_MODES``; bundles
+    written before the field existed are average-pooled); each cell is one decoder input."""
 
     rows: int = 1
     cols: int = 3
+    mode: str = "avg"
 
     @property
     def cells(self) -> int:
@@ -165,6 +173,11 @@ def load_bundle(folder: Path, encoder_sha256: str = "") -> Bundle:
         raise ModelError(f"{meta_path}: architecture kind {arch.kind!r} is not merge or attention")
     pooling = _section(meta, "pooling", Pooling, meta_path)
     encoder = _section(meta, "encoder", EncoderRef, meta_path)
+    if pooling.mode not in POOL_MODES:
+        raise ModelError(
+            f"{meta_path}: pooling mode {pooling.mode!r} is not one of {', '.join(POOL_MODES)}; "
+            "re-export the bundle with this drivecap"
+        )
     if pooling.cells != arch.cells:
         raise ModelError(
             f"{meta_path}: pooling {pooling.rows}x{pooling.cols} gives {pooling.cells} cells but the "

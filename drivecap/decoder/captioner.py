@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from drivecap.config import Config
-from drivecap.decoder.bundle import Bundle, load_bundle, resolve_bundle_dir
+from drivecap.decoder.bundle import POOL_MODES, Bundle, load_bundle, resolve_bundle_dir
 from drivecap.decoder.lstm import FloatArray, LSTMDecoder
 from drivecap.decoder.vocab import detokenize
 from drivecap.errors import ModelError
@@ -75,12 +75,13 @@ class Captioner:
         bundle = load_bundle(folder, encoder_sha256=encoder_sha256)
         check_input_size(bundle, cfg.encoder.input_height, cfg.encoder.input_width)
         log.info(
-            "caption bundle %s: %s decoder, %d words, pooling %dx%d",
+            "caption bundle %s: %s decoder, %d words, pooling %dx%d %s",
             folder,
             bundle.arch.kind,
             len(bundle.vocab),
             bundle.pooling.rows,
             bundle.pooling.cols,
+            bundle.pooling.mode,
         )
         return cls(
             bundle,
@@ -103,12 +104,15 @@ class Captioner:
     def cells(self, fmap: FloatArray) -> FloatArray:
         """(C, h, w) conv5 map -> (cells, C) as the bundle's pooling says."""
         arch = self.bundle.arch
-        if fmap.ndim != 3 or fmap.shape[0] != arch.feature_dim:
+        pool = self.bundle.pooling
+        if fmap.ndim != 3 or pooled_channels(fmap.shape[0], pool.mode) != arch.feature_dim:
             raise ModelError(
-                f"the caption bundle {self.bundle.name} reads ({arch.feature_dim}, h, w) conv5 maps, "
+                f"the caption bundle {self.bundle.name} reads conv5 maps of "
+                f"{arch.feature_dim if pool.mode != 'avgmax' else arch.feature_dim // 2} channels "
+                f"({pool.mode} pooling), "
                 f"got an array of shape {tuple(fmap.shape)}: use the encoder it was trained on"
             )
-        return pool_cells(fmap, self.bundle.pooling.rows, self.bundle.pooling.cols)
+        return pool_cells(fmap, pool.rows, pool.cols, pool.mode)
 
     def caption(
         self, fmap: FloatArray, beam_width: int | None = None, mirror: FloatArray | None = None
@@ -147,11 +151,31 @@ class Captioner:
         return Caption(detokenize(tokens), tokens, hyp.logprob, (time.perf_counter() - t0) * 1e3)
 
 
-def pool_cells(fmap: FloatArray, rows: int, cols: int) -> FloatArray:
-    """Average-pool a (C, h, w) map over a rows x cols grid -> (rows * cols, C), row-major cells."""
-    from drivecap.encoders.base import pool_grid
+def pooled_channels(channels: int, mode: str) -> int:
+    """Channels of one cell pooled by ``mode`` from a map of ``channels``."""
+    return 2 * channels if mode == "avgmax" else channels
+
+
+def pool_cells(fmap: FloatArray, rows: int, cols: int, mode: str = "avg") -> FloatArray:
+    """Pool a (C, h, w) map over a rows x cols grid -> (rows * cols, C'), row-major cells (``POOL_MODES``)."""
+    from drivecap.encoders.base import grid_bounds, pool_grid
 
     c = fmap.shape[0]
-    if (rows, cols) == fmap.shape[1:]:
-        return np.ascontiguousarray(fmap.reshape(c, -1).T, dtype=np.float32)
-    return pool_grid(fmap, rows, cols).reshape(rows * cols, c)
+    if mode == "avg":
+        if (rows, cols) == fmap.shape[1:]:
+            return np.ascontiguousarray(fmap.reshape(c, -1).T, dtype=np.float32)
+        return pool_grid(fmap, rows, cols).reshape(rows * cols, c)
+    if mode not in POOL_MODES:
+        raise ModelError(f"unknown cell pooling {mode!r}; use one of {', '.join(POOL_MODES)}")
+    _, h, w = fmap.shape
+    out = []
+    for r0, r1 in grid_bounds(h, rows):
+        for c0, c1 in grid_bounds(w, cols):
+            part = fmap[:, r0:r1, c0:c1].reshape(c, -1).astype(np.float32)
+            if mode == "max":
+                out.append(part.max(axis=1))
+            elif mode == "gem3":
+                out.append(np.cbrt((np.maximum(part, 0.0) ** 3).mean(axis=1)))
+            else:
+                out.append(np.concatenate([part.mean(axis=1), part.max(axis=1)]))
+    return np.stack(out).astype(np.float32)

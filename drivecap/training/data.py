@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drivecap.decoder.captioner import pool_cells
+from drivecap.decoder.captioner import pool_cells, pooled_channels
 from drivecap.errors import DrivecapError
 from drivecap.training.features import load_clip_features
 
@@ -100,10 +100,12 @@ class Split:
         return Split(self.samples + other.samples, np.concatenate([self.cells, other.cells]), self.meta)
 
 
-def _cells(fmaps: npt.NDArray[np.float16], rows: int, cols: int) -> npt.NDArray[np.float32]:
-    out = np.empty((len(fmaps), rows * cols, fmaps.shape[1]), np.float32)
+def _cells(
+    fmaps: npt.NDArray[np.float16], rows: int, cols: int, pool: str = "avg"
+) -> npt.NDArray[np.float32]:
+    out = np.empty((len(fmaps), rows * cols, pooled_channels(fmaps.shape[1], pool)), np.float32)
     for i, f in enumerate(fmaps):
-        out[i] = pool_cells(f.astype(np.float32), rows, cols)
+        out[i] = pool_cells(f.astype(np.float32), rows, cols, pool)
     return out
 
 
@@ -118,6 +120,7 @@ def load_split(
     heldout: bool = False,
     with_flipped: bool = False,
     stride: int = 1,
+    pool: str = "avg",
 ) -> Split:
     """Label records of ``clips`` that have cached features; ``frame_filter`` keeps clip frames in [lo, hi).
 
@@ -163,14 +166,14 @@ def load_split(
             if not group:
                 continue
             maps = source[[pos[samples[k].frame] for k in group]]
-            pooled = _cells(maps, rows, cols)
-            fpooled = _cells(maps[:, :, :, ::-1], rows, cols) if with_flipped else None
+            pooled = _cells(maps, rows, cols, pool)
+            fpooled = _cells(maps[:, :, :, ::-1], rows, cols, pool) if with_flipped else None
             for j, k in enumerate(group):
                 chunks[k] = pooled[j]
                 if fpooled is not None:
                     fchunks[k] = fpooled[j]
     if missing:
         log.info("%d label records have no cached features (frames not extracted): skipped", missing)
-    cells = np.stack(chunks) if chunks else np.zeros((0, rows * cols, 512), np.float32)
+    cells = np.stack(chunks) if chunks else np.zeros((0, rows * cols, pooled_channels(512, pool)), np.float32)
     flipped = (np.stack(fchunks) if fchunks else np.zeros_like(cells)) if with_flipped else None
     return Split(samples, cells, flipped=flipped)

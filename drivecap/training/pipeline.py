@@ -18,36 +18,11 @@ from drivecap.decoder.captioner import Captioner
 from drivecap.decoder.vocab import Vocab
 from drivecap.encoders.base import Encoder
 from drivecap.errors import DrivecapError
+from drivecap.training.candidates import ARCHS, CANDIDATES, CV_EPOCHS, CV_SEEDS
 from drivecap.training.data import Split, load_split
 from drivecap.training.features import extract_clip, features_dir, map_grid, training_frame_plan
 
 log = logging.getLogger(__name__)
-
-ARCHS: dict[str, dict[str, Any]] = {
-    "merge1x3": {"kind": "merge", "rows": 1, "cols": 3},
-    "merge2x3": {"kind": "merge", "rows": 2, "cols": 3},
-    "attention7x7": {"kind": "attention", "rows": 7, "cols": 7},
-}
-
-
-#: Decoder settings compared by leave-one-clip-out cross-validation (``--protocol loco``), all on the merge
-#: model over 2x3-pooled conv5 cells (the single-clip comparison chose it over 1x3 and 7x7 attention):
-#: plain; per-token loss weights lifting rare tokens (the road's shape); an auxiliary per-fact loss on the
-#: image vector; both.
-CANDIDATES: dict[str, dict[str, Any]] = {
-    "merge2x3": {},
-    "merge2x3+tokenweights": {"token_weight_power": 0.5},
-    "merge2x3+auxfacts": {"aux_weight": 1.0},
-    "merge2x3+auxfacts+tokenweights": {"aux_weight": 1.0, "token_weight_power": 0.5},
-    # The street film's training views four times over (scripts/street_weight_loco.py chose 4 of 1, 2, 4, 8).
-    "merge2x3+street4": {"street_repeat": 4},
-    # Soft attention over every cell of the conv5 map (rows/cols 0 = the cached map's own grid: 7x7 at
-    # 224x224, 7x12 at 224x384), Show-Attend-and-Tell style.
-    "attention-grid": {"kind": "attention", "rows": 0, "cols": 0},
-    "attention-grid+auxfacts": {"kind": "attention", "rows": 0, "cols": 0, "aux_weight": 1.0},
-}
-CV_SEEDS = (0, 1, 2)
-CV_EPOCHS = (1, 2, 3, 4, 6, 8, 10, 12)
 
 
 @dataclass
@@ -322,16 +297,24 @@ def _loco_pipeline(
     from drivecap.training.train import TrainSettings, train_fixed
 
     grid = map_grid(folder, training_clips())
-    splits: dict[tuple[int, int], Split] = {}
+    splits: dict[tuple[int, int, str], Split] = {}
 
     def split_for(name: str) -> tuple[Split, int, int]:
         c = CANDIDATES[name]
         rc = (c.get("rows") or grid[0], c.get("cols") or grid[1]) if "rows" in c else (2, 3)
-        if rc not in splits:
-            splits[rc] = load_split(
-                home, folder, training_clips(), *rc, train_ranges(), with_flipped=True, stride=req.stride
+        key = (*rc, str(c.get("pool", "avg")))
+        if key not in splits:
+            splits[key] = load_split(
+                home,
+                folder,
+                training_clips(),
+                *rc,
+                train_ranges(),
+                with_flipped=True,
+                stride=req.stride,
+                pool=key[2],
             )
-        return splits[rc], rc[0], rc[1]
+        return splits[key], rc[0], rc[1]
 
     data, rows, cols = split_for(req.candidates[0])
     if not len(data):
@@ -407,7 +390,7 @@ def _loco_pipeline(
         params[0],
         vocab,
         encoder_ref,
-        Pooling(rows, cols),
+        Pooling(rows, cols, s.pool),
         loco_model_card(report, asdict(s)),
         flip_ensemble=True,
         length_alpha=0.0,

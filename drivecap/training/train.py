@@ -50,6 +50,8 @@ class TrainSettings:
     #: the street film's training views repeated this many times in all (oversampling the only footage with
     #: people and cyclists ahead, issue 11 item 2; 1 = off)
     street_repeat: int = 1
+    #: how each cell pools its part of the conv5 map (``drivecap.decoder.bundle.POOL_MODES``)
+    pool: str = "avg"
 
     def arch(self, vocab_size: int, feature_dim: int = 512) -> Arch:
         return Arch(
