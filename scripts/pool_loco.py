@@ -49,7 +49,7 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from drivecap.training.crossval import decode_members, fold_scores, keep_snapshot
+    from drivecap.training.crossval import best_epoch_summary, decode_members, fold_scores, keep_snapshot
     from drivecap.training.features import features_dir
     from drivecap.training.pipeline import CV_EPOCHS, caption_vocab, train_ranges, training_clips
     from drivecap.training.train import TrainSettings, train_fixed
@@ -84,18 +84,11 @@ def main() -> int:
             log.info(
                 "%s fold %s: %s", pool, clip, {e: round(r["val_fact_f1"], 3) for e, r in folds[clip].items()}
             )
-        mean = {e: float(np.mean([folds[c][e]["val_fact_f1"] for c in folds])) for e in CV_EPOCHS}
-        best = max(CV_EPOCHS, key=lambda e: (mean[e], -e))
-        dash = [c for c in folds if c != "street"]
         report["runs"][pool] = {
             "channels": int(data.cells.shape[-1]),
             "samples": len(data),
             "folds": folds,
-            "mean_fact_f1": mean,
-            "best_epochs": best,
-            "best_folds": {c: round(folds[c][best]["val_fact_f1"], 4) for c in folds},
-            "best_mean5": round(mean[best], 4),
-            "best_mean_dashcam": round(float(np.mean([folds[c][best]["val_fact_f1"] for c in dash])), 4),
+            **best_epoch_summary(folds, CV_EPOCHS),
             "seconds": round(time.perf_counter() - t0, 1),
         }
         log.info("%s: %s", pool, {k: v for k, v in report["runs"][pool].items() if k.startswith("best")})

@@ -108,7 +108,7 @@ class Captioner:
         if fmap.ndim != 3 or pooled_channels(fmap.shape[0], pool.mode) != arch.feature_dim:
             raise ModelError(
                 f"the caption bundle {self.bundle.name} reads conv5 maps of "
-                f"{arch.feature_dim if pool.mode != 'avgmax' else arch.feature_dim // 2} channels "
+                f"{arch.feature_dim // pooled_channels(1, pool.mode)} channels "
                 f"({pool.mode} pooling), "
                 f"got an array of shape {tuple(fmap.shape)}: use the encoder it was trained on"
             )

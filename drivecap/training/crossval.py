@@ -77,6 +77,23 @@ def keep_snapshot(snaps: dict[int, list[dict[str, FloatArray]]], epoch: int, mod
         snaps[epoch + 1].append(model.export())
 
 
+def best_epoch_summary(
+    folds: dict[str, dict[int, dict[str, float]]], epochs: Sequence[int], not_dashcam: str = "street"
+) -> dict[str, Any]:
+    """The mean fold fact F1 after each checked epoch count, the count with the best mean (ties -> fewer epochs)
+    and its folds, mean of all folds and mean of the dashcam folds (all but ``not_dashcam``)."""
+    mean = {e: float(np.mean([folds[c][e]["val_fact_f1"] for c in folds])) for e in epochs}
+    best = max(epochs, key=lambda e: (mean[e], -e))
+    dash = [c for c in folds if c != not_dashcam]
+    return {
+        "mean_fact_f1": mean,
+        "best_epochs": best,
+        "best_folds": {c: round(folds[c][best]["val_fact_f1"], 4) for c in folds},
+        "best_mean5": round(mean[best], 4),
+        "best_mean_dashcam": round(float(np.mean([folds[c][best]["val_fact_f1"] for c in dash])), 4),
+    }
+
+
 def cross_validate(
     data: Split,
     vocab: Vocab,
