@@ -67,6 +67,7 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=1, help="decoders per fold (seeds 0..N-1, averaged)")
     p.add_argument("--stride", type=int, default=1, help="every Nth training frame (hand frames always kept)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pool", default="avg", help="how each cell pools its part of the conv5 map")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     sets: list[tuple[str, Path]] = []
@@ -95,7 +96,13 @@ def main() -> int:
         for hf in load_hand(path):
             hand[(hf.clip, hf.frame)] = (path.stem, hf.facts.keys)
     vocab = caption_vocab()
-    s = TrainSettings(kind="merge", rows=2, cols=3, max_epochs=max(CV_EPOCHS), threads=args.threads)
+    from drivecap.decoder.bundle import POOL_MODES
+
+    if args.pool not in POOL_MODES:
+        p.error(f"--pool {args.pool!r}: use one of {', '.join(POOL_MODES)}")
+    s = TrainSettings(
+        kind="merge", rows=2, cols=3, max_epochs=max(CV_EPOCHS), threads=args.threads, pool=args.pool
+    )
     report: dict[str, Any] = {
         "settings": asdict(s),
         "seeds": args.seeds,
@@ -105,7 +112,7 @@ def main() -> int:
     }
     for name, home in sets:
         t0 = time.perf_counter()
-        data = load_split(home, folder, training_clips(), 2, 3, train_ranges(), stride=1)
+        data = load_split(home, folder, training_clips(), 2, 3, train_ranges(), stride=1, pool=args.pool)
         keep = [
             not x.augmented and (x.frame % args.stride == 0 or (x.clip, x.frame) in hand)
             for x in data.samples

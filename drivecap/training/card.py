@@ -118,6 +118,53 @@ def _header(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _teacher_section(report: dict[str, Any]) -> list[str]:
+    """Which teacher made the labels read, and how they agree with the hand-captioned training frames."""
+    from drivecap.training.handcheck import TEACHER_CHECKS, recorded_checks
+
+    t = report.get("teacher")
+    if not t:
+        return []
+    recs = [r for r in recorded_checks() if r["hand"] == "hand_captions.jsonl" and r["source"] == "labels"]
+    names = {r["digest"]: r["name"] for r in recorded_checks()}
+    name = names.get(t["digest"], "unnamed")
+
+    def said(a: dict[str, Any]) -> str:
+        k = a["keys"]
+        return (
+            f"key F1 {_f(k['f1'])} (P {_f(k['precision'])} / R {_f(k['recall'])}, {k['hand_keys']} hand keys), "
+            f'"ahead" F1 {_f(a["ahead"]["f1"])}, exact key-set match {_f(a["exact"])}'
+        )
+
+    lines = [
+        "## Teacher",
+        "",
+        f"- The labels read were made by the `{name}` teacher (settings digest `{t['digest']}`, in every label "
+        "record and `labels/stats.json`).",
+        "- Those labels against the training frames captioned by hand (`drivecap/training/hand_captions*.jsonl`; "
+        "read from the label files, `python -m drivecap.training.handcheck --labels $DRIVECAP_HOME/labels`): "
+        f"check set ({t['check']['frames']} frames) {said(t['check'])}; tuning set ({t['tuning']['frames']} "
+        f"frames, on which the teacher's settings were chosen) {said(t['tuning'])}.",
+    ]
+    if recs:
+        lines += [
+            "",
+            f"The teachers measured on the check set the same way (`drivecap/training/{TEACHER_CHECKS.name}`, "
+            "`--record`): the first teacher is the one before issue 11's changes, the default the one after.",
+            "",
+            '| teacher | digest | key F1 (P / R) | "ahead" F1 | exact | measured |',
+            "|---|---|---|---|---|---|",
+        ]
+        for r in recs:
+            mine = " (these labels)" if r["digest"] == t["digest"] else ""
+            k = r["keys"]
+            lines.append(
+                f"| {r['name']}{mine} | `{r['digest']}` | {_f(k['f1'])} ({_f(k['precision'])} / "
+                f"{_f(k['recall'])}) | {_f(r['ahead']['f1'])} | {_f(r['exact'])} | {r['date']} |"
+            )
+    return [*lines, ""]
+
+
 def loco_model_card(report: dict[str, Any], settings: dict[str, Any]) -> str:
     """The card of a bundle chosen by leave-one-clip-out cross-validation (``drivecap train``, default)."""
     ext = report["extraction"]
@@ -136,6 +183,7 @@ def loco_model_card(report: dict[str, Any], settings: dict[str, Any]) -> str:
         "- Held out, never trained, validated, stopped or tuned on: project_video01, challenge01, street film "
         "frames 1440 on.",
         "",
+        *_teacher_section(report),
         "## Training and model choice",
         "",
         f"- Command: `{report['command']}`",

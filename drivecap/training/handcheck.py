@@ -1,7 +1,7 @@
 """The teacher checked by eye: its facts against 32 training frames captioned by hand.
 
     python -m drivecap.training.handcheck [--json] [--per-frame] [--hand PATH] [--first] [--set FIELD=VALUE ...]
-                                          [--cache FILE]
+                                          [--cache FILE] [--labels DIR] [--record NAME]
 
 ``hand_captions.jsonl`` (beside this file) holds 32 frames from the *training* parts of the clips (six from each
 highway/forest clip, eight from the street film's frames 0-1439, evenly spread), each captioned by a person
@@ -46,6 +46,9 @@ HAND_CAPTIONS = Path(__file__).with_name("hand_captions.jsonl")  # the CHECK fra
 HAND_CAPTIONS_TUNING = Path(__file__).with_name(
     "hand_captions_tuning.jsonl"
 )  # the frames variants are chosen on
+#: The teachers' measured agreement with the hand captions, one JSON line per (teacher digest, hand file), written
+#: by ``--record NAME``; the model card quotes it.
+TEACHER_CHECKS = Path(__file__).with_name("teacher_checks.jsonl")
 WINDOW = 15
 
 
@@ -107,6 +110,68 @@ def agreement(pairs: Sequence[tuple[frozenset[str], frozenset[str]]]) -> dict[st
         "ahead": prf(a_tp, a_fp, a_fn),
         "families": {f: prf(*c) for f, c in sorted(fams.items())},
     }
+
+
+def label_agreement(labels_dir: Path, hand_path: Path = HAND_CAPTIONS) -> dict[str, Any]:
+    """The facts of the label files themselves (as ``drivecap train`` reads them) against the hand frames: no
+    detector runs. Hand frames whose clip has no label file, or no record of that frame, are counted as
+    ``missing`` and left out of the agreement."""
+    hand = load_hand(hand_path)
+    want = {(h.clip, h.frame) for h in hand}
+    found: dict[tuple[str, int], frozenset[str]] = {}
+    for clip in sorted({h.clip for h in hand}):
+        path = labels_dir / f"{clip}.jsonl"
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                if not rec.get("mirrored") and (rec["clip"], rec["frame"]) in want:
+                    found[(rec["clip"], rec["frame"])] = Facts.from_json(rec["facts"]).keys
+    pairs = [(found[(h.clip, h.frame)], h.facts.keys) for h in hand if (h.clip, h.frame) in found]
+    return agreement(pairs) | {"hand": hand_path.name, "missing": len(hand) - len(pairs)}
+
+
+def recorded_checks(path: Path = TEACHER_CHECKS) -> list[dict[str, Any]]:
+    """The records of ``--record``: teacher name, digest, hand file, agreement, date."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def labels_digest(labels_dir: Path) -> str:
+    """The teacher settings digest the label files of ``labels_dir`` were made with (``stats.json``), or
+    "mixed" / "unknown"."""
+    path = labels_dir / "stats.json"
+    if not path.is_file():
+        return "unknown"
+    stats = json.loads(path.read_text(encoding="utf-8"))
+    digests = {str(v.get("teacher", "unknown")) for v in stats.values() if isinstance(v, dict)}
+    return digests.pop() if len(digests) == 1 else ("mixed" if digests else "unknown")
+
+
+def record_check(
+    result: dict[str, Any], name: str, digest: str, source: str, path: Path = TEACHER_CHECKS
+) -> dict[str, Any]:
+    """Keep ``result`` (an ``agreement`` of teacher ``name`` with one hand file) as its record, replacing an
+    older record of the same digest, hand file and source ("labels": the label files; "teacher": recomputed)."""
+    rec = {
+        "name": name,
+        "digest": digest,
+        "hand": result["hand"],
+        "source": source,
+        "date": time.strftime("%Y-%m-%d"),
+        "frames": result["frames"],
+        "exact": result["exact"],
+        "keys": result["keys"],
+        "ahead": result["ahead"],
+    }
+    same = (digest, rec["hand"], source)
+    rows = [r for r in recorded_checks(path) if (r["digest"], r["hand"], r["source"]) != same]
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in [*rows, rec]), encoding="utf-8")
+    return rec
 
 
 #: Frames either side of the smoothing window that are detected for the temporal consistency rule (the most
@@ -282,6 +347,25 @@ def parse_settings(first: bool, sets: Sequence[str]) -> Any:
         raise SystemExit(f"--set: {exc}") from None
 
 
+def _score_labels(labels: Path, hand: Path, record: str | None, as_json: bool) -> int:
+    """``--labels``: the label files' agreement with the hand file (and its record with ``--record``)."""
+    if not labels.is_dir():
+        raise SystemExit(f"--labels {labels}: not a folder (run `drivecap label` first)")
+    res = label_agreement(labels, hand)
+    digest = labels_digest(labels)
+    if record:
+        record_check(res, record, digest, "labels")
+    if as_json:
+        json.dump(res | {"digest": digest}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(
+            f"labels in {labels} (teacher {digest}) vs hand, {res['frames']} frames: key F1 "
+            f"{res['keys']['f1']}, 'ahead' F1 {res['ahead']['f1']}, exact {res['exact']}\n"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="the teacher against the hand-captioned training frames")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -301,7 +385,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--detect-only", action="store_true", help="only fill --cache with the views; score nothing"
     )
+    ap.add_argument(
+        "--labels",
+        type=Path,
+        metavar="DIR",
+        help="score the label files in DIR (a $DRIVECAP_HOME/labels) instead of recomputing the teacher",
+    )
+    ap.add_argument(
+        "--record",
+        metavar="NAME",
+        help=f"keep the result as teacher NAME's record in {TEACHER_CHECKS.name} (the model card quotes it)",
+    )
     args = ap.parse_args(argv)
+    if args.labels is not None:
+        return _score_labels(args.labels, args.hand, args.record, args.json)
     hand = load_hand(args.hand)
     settings = parse_settings(args.first, args.set)
     cache = ViewCache(args.cache, settings)
@@ -326,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             {"clip": hf.clip, "frame": hf.frame, "teacher": sorted(t), "hand": sorted(h)}
             for (t, h), hf in zip(pairs, hand, strict=True)
         ]
+    if args.record:
+        record_check(res["teacher"] | {"hand": args.hand.name}, args.record, settings.digest(), "teacher")
     if args.json:
         json.dump(res, sys.stdout, indent=1)
         sys.stdout.write("\n")
