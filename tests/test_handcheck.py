@@ -95,3 +95,31 @@ def test_the_model_card_says_which_teacher_and_how_it_agrees(labelled: tuple[Pat
     assert "key F1 0.667 (P 0.667 / R 0.667, 3 hand keys)" in text
     assert "| default (these labels) |" in text and "| first |" in text
     assert _teacher_section({}) == []
+
+
+def test_a_cards_teacher_section_is_written_from_the_labels_it_was_trained_on(
+    labelled: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from drivecap.assets import sha256_file
+    from drivecap.errors import DrivecapError
+    from drivecap.training.card import update_teacher_section
+
+    _, labels = labelled
+    card = tmp_path / "MODEL_CARD.md"
+    listed = f"- Label files read (sha256, first 12): a.jsonl {sha256_file(labels / 'a.jsonl')[:12]}.\n"
+    card.write_text(f"# card\n\n## Data\n\n{listed}\n## Training and model choice\n\n- trained\n")
+    update_teacher_section(card, labels)
+    once = card.read_text()
+    assert "\n## Teacher\n" in once and "settings digest `abc123`" in once
+    assert once.index("## Data") < once.index("## Teacher") < once.index("## Training and model choice")
+    assert "\n\n## Training and model choice\n" in once  # a blank line before the next section
+    update_teacher_section(card, labels)
+    assert card.read_text() == once  # replaced, not added again
+    # Labels other than the ones the card lists: refused, the card unchanged.
+    _write_jsonl(labels / "a.jsonl", [{"clip": "a", "frame": 3, "mirrored": False, "facts": _facts()}])
+    with pytest.raises(DrivecapError, match=r"a\.jsonl: sha256 .* was trained on"):
+        update_teacher_section(card, labels)
+    assert card.read_text() == once
+    card.write_text("# card without a label list\n")
+    with pytest.raises(DrivecapError, match="does not list the label files"):
+        update_teacher_section(card, labels)

@@ -269,9 +269,78 @@ def loco_model_card(report: dict[str, Any], settings: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def teacher_report(labels: Path) -> dict[str, Any]:
+    """The card's "teacher" facts of a labels folder: the teacher digest and the label files' agreement with the
+    check and the tuning hand frames (read from the files; no detector run)."""
+    from drivecap.training.handcheck import HAND_CAPTIONS_TUNING, label_agreement, labels_digest
+
+    return {
+        "digest": labels_digest(labels),
+        "check": label_agreement(labels),
+        "tuning": label_agreement(labels, HAND_CAPTIONS_TUNING),
+    }
+
+
+_LABELS_READ = re.compile(r"^- Label files read \(sha256, first 12\): (.*)\.$", re.M)
+
+
+def update_teacher_section(card_path: Path, labels: Path) -> None:
+    """Writes (or replaces) the "Teacher" section of an existing card from the label files it was trained on.
+
+    The card lists the label files its training read by sha256; the files in ``labels`` must be those, so the
+    section describes the labels the bundle learnt from and not others (one-line error otherwise)."""
+    from drivecap.assets import sha256_file
+    from drivecap.errors import DrivecapError
+
+    text = card_path.read_text(encoding="utf-8")
+    m = _LABELS_READ.search(text)
+    if m is None:
+        raise DrivecapError(
+            f"{card_path} does not list the label files it was trained on; retrain to get a card"
+        )
+    for item in m.group(1).split(", "):
+        name, _, want = item.rpartition(" ")
+        path = labels / name
+        got = sha256_file(path)[:12] if path.is_file() else "missing"
+        if got != want:
+            raise DrivecapError(
+                f"{path}: sha256 {got}, but {card_path} was trained on {want}; label with the teacher that "
+                "made the bundle's labels (`drivecap label --teacher NAME`) first"
+            )
+    block = "\n".join(_teacher_section({"teacher": teacher_report(labels)})) + "\n"
+    old = re.compile(r"^## Teacher\n.*?(?=^## )", re.S | re.M)
+    if old.search(text):
+        text = old.sub(lambda _: block, text)
+    elif "\n## Training and model choice\n" in text:
+        text = text.replace("\n## Training and model choice\n", f"\n{block}## Training and model choice\n", 1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    card_path.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from drivecap.decoder.bundle import CARD, default_bundle_dir
+
+    ap = argparse.ArgumentParser(description="write a bundle card's Teacher section from its label files")
+    ap.add_argument(
+        "--bundle", type=Path, default=default_bundle_dir(), help="bundle folder (default: shipped)"
+    )
+    ap.add_argument("--labels", type=Path, required=True, help="the labels folder ($DRIVECAP_HOME/labels)")
+    args = ap.parse_args(argv)
+    update_teacher_section(args.bundle / CARD, args.labels)
+    print(f"wrote the Teacher section of {args.bundle / CARD}")
+    return 0
+
+
 def update_heldout_section(card_path: Path, body: str) -> None:
     text = card_path.read_text(encoding="utf-8")
     pattern = re.compile(re.escape(HELDOUT_BEGIN) + ".*?" + re.escape(HELDOUT_END), re.S)
     block = f"{HELDOUT_BEGIN}\n{body.strip()}\n{HELDOUT_END}"
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n"
     card_path.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -153,14 +153,10 @@ def train_pipeline(cfg: Config, req: TrainRequest) -> dict[str, Any]:
         str(p.relative_to(labels_dir(home))): sha256_file(p)[:12]
         for p in sorted(labels_dir(home).glob("**/*.jsonl"))
     }
-    from drivecap.training.handcheck import HAND_CAPTIONS_TUNING, label_agreement, labels_digest
+    from drivecap.training.card import teacher_report
 
     # How right those labels are where a person looked (the hand-captioned training frames; no detector run).
-    report["teacher"] = {
-        "digest": labels_digest(labels_dir(home)),
-        "check": label_agreement(labels_dir(home)),
-        "tuning": label_agreement(labels_dir(home), HAND_CAPTIONS_TUNING),
-    }
+    report["teacher"] = teacher_report(labels_dir(home))
     if req.extract_only:
         return report
     if req.protocol == "loco":
