@@ -25,18 +25,15 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, replace
-from functools import partial
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from drivecap.assets import drivecap_home, sha256_file
 from drivecap.captions.facts import family
 from drivecap.config import load_config
-from drivecap.encoders.paths import encoder_onnx_path
 from drivecap.training.data import Sample, Split, labels_dir, read_labels
 from drivecap.training.features import load_clip_features
 
@@ -118,6 +115,23 @@ def load_maps(
     return samples, np.stack(maps), np.stack(targets)
 
 
+def _fit(head: Any, loss_fn: Any, x: np.ndarray, y: np.ndarray, seed: int, epochs: int, decay: float) -> Any:
+    """AdamW (lr 1e-3) over shuffled batches of 64 for ``epochs`` epochs; the head is returned in eval mode."""
+    import torch
+
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=decay)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        head.train()
+        for b in np.array_split(rng.permutation(len(x)), max(1, len(x) // 64)):
+            opt.zero_grad()
+            loss_fn(head(xt[b]), yt[b]).backward()
+            opt.step()
+    head.eval()
+    return head
+
+
 def train_head(
     x: npt.NDArray[np.float32], y: npt.NDArray[np.float32], kernel: int, seed: int, epochs: int, threads: int
 ) -> Any:
@@ -137,18 +151,7 @@ def train_head(
     pos = y.mean(axis=(0, 2, 3))
     pw = torch.from_numpy(np.clip((1 - pos) / np.maximum(pos, 1e-4), 1.0, 20.0).astype(np.float32))
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw.view(1, -1, 1, 1))
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        head.train()
-        for b in np.array_split(rng.permutation(len(x)), max(1, len(x) // 64)):
-            opt.zero_grad()
-            loss = loss_fn(head(xt[b]), yt[b])
-            loss.backward()
-            opt.step()
-    head.eval()
-    return head
+    return _fit(head, loss_fn, x, y, seed, epochs, 1e-2)
 
 
 ROADS = ("curve left", "curve right")
@@ -183,17 +186,7 @@ def train_road_head(
     counts = np.bincount(y, minlength=3).astype(np.float32)
     weight = torch.from_numpy((counts.sum() / np.maximum(counts, 1.0) / 3).astype(np.float32))
     loss_fn = nn.CrossEntropyLoss(weight=weight)
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=5e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        head.train()
-        for b in np.array_split(rng.permutation(len(x)), max(1, len(x) // 64)):
-            opt.zero_grad()
-            loss_fn(head(xt[b]), yt[b]).backward()
-            opt.step()
-    head.eval()
-    return head
+    return _fit(head, loss_fn, x, y, seed, epochs, 5e-2)
 
 
 def road_probs(head: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -239,11 +232,25 @@ def map_f1(p: npt.NDArray[np.float32], y: npt.NDArray[np.float32]) -> dict[str, 
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", action="append", default=[], help="config override key=value")
     p.add_argument(
         "--heads", nargs="+", default=["none", "1", "3"], help="none (control) or a conv kernel size"
+    )
+    p.add_argument(
+        "--base-pool", default="avg", help="pooling of the conv5 cells beside the head's (POOL_MODES)"
     )
     p.add_argument("--rows", type=int, default=2)
     p.add_argument("--cols", type=int, default=3)
@@ -257,21 +264,19 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from drivecap.training.crossval import best_epoch_summary, decode_members, fold_scores, keep_snapshot
-    from drivecap.training.features import features_dir
+    from drivecap.training.crossval import best_epoch_summary, fold_by_epoch
+    from drivecap.training.features import configured_features
     from drivecap.training.pipeline import CV_EPOCHS, caption_vocab, train_ranges, training_clips
-    from drivecap.training.train import TrainSettings, train_fixed
+    from drivecap.training.train import TrainSettings
 
     cfg = load_config(None, args.set)
-    home = drivecap_home(cfg.paths.home)
-    sha = sha256_file(encoder_onnx_path(cfg))
-    folder = features_dir(home, sha, cfg.encoder.input_height, cfg.encoder.input_width)
+    home, folder = configured_features(cfg)
     clips = training_clips()
     vocab = caption_vocab()
     t0 = time.perf_counter()
     samples, maps16, targets = load_maps(home, folder, clips, train_ranges(), args.stride)
     log.info("%d views, maps %s, loaded in %.0f s", len(samples), maps16.shape, time.perf_counter() - t0)
-    base = pooled(maps16.astype(np.float32), args.rows, args.cols, "avg")
+    base = pooled(maps16.astype(np.float32), args.rows, args.cols, args.base_pool)
     s = TrainSettings(
         kind="merge", rows=args.rows, cols=args.cols, max_epochs=max(CV_EPOCHS), threads=args.threads
     )
@@ -279,10 +284,11 @@ def main() -> int:
         "protocol": "leave-one-clip-out, training clips only, the labels in $DRIVECAP_HOME/labels, merge decoder "
         "on 2x3 cells, runtime numpy decoder with the mirror view; epochs chosen by the mean of five folds",
         "command": "python scripts/objmap_loco.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}",
         "input": [cfg.encoder.input_height, cfg.encoder.input_width],
         "settings": asdict(s),
         "road_head": args.road,
+        "base_pool": args.base_pool,
         "stride": args.stride,
         "seeds": args.seeds,
         "head_epochs": args.head_epochs,
@@ -316,12 +322,7 @@ def main() -> int:
                 cells = np.concatenate([cells, np.repeat(rp[:, None, :], cells.shape[1], axis=1)], axis=2)
             data = Split(samples, cells)
             train, val = data.select(keep), data.select(~keep)
-            snaps: dict[int, list[dict[str, np.ndarray]]] = {e: [] for e in CV_EPOCHS}
-            for seed in range(args.seeds):
-                train_fixed(
-                    train, vocab, replace(s, seed=seed), max(CV_EPOCHS), partial(keep_snapshot, snaps)
-                )
-            folds[clip] = {e: fold_scores(decode_members(snaps[e], s, vocab, val), val) for e in CV_EPOCHS}
+            folds[clip] = fold_by_epoch(train, val, vocab, s, args.seeds, CV_EPOCHS)
             log.info(
                 "head %s fold %s: %s; head map F1 %s",
                 head_kind,

@@ -19,17 +19,12 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict, replace
-from functools import partial
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from drivecap.assets import drivecap_home, sha256_file
 from drivecap.config import load_config
 from drivecap.decoder.bundle import POOL_MODES
-from drivecap.encoders.paths import encoder_onnx_path
 from drivecap.training.data import load_split
 
 log = logging.getLogger("pool_loco")
@@ -49,15 +44,13 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from drivecap.training.crossval import best_epoch_summary, decode_members, fold_scores, keep_snapshot
-    from drivecap.training.features import features_dir
+    from drivecap.training.crossval import best_epoch_summary, fold_by_epoch
+    from drivecap.training.features import configured_features
     from drivecap.training.pipeline import CV_EPOCHS, caption_vocab, train_ranges, training_clips
-    from drivecap.training.train import TrainSettings, train_fixed
+    from drivecap.training.train import TrainSettings
 
     cfg = load_config(None, args.set)
-    home = drivecap_home(cfg.paths.home)
-    sha = sha256_file(encoder_onnx_path(cfg))
-    folder = features_dir(home, sha, cfg.encoder.input_height, cfg.encoder.input_width)
+    home, folder = configured_features(cfg)
     clips = training_clips()
     vocab = caption_vocab()
     s = TrainSettings(
@@ -75,12 +68,7 @@ def main() -> int:
         for clip in sorted({x.clip for x in data.samples}):
             keep = [x.clip != clip for x in data.samples]
             train, val = data.select(keep), data.select([not k for k in keep])
-            snaps: dict[int, list[dict[str, np.ndarray]]] = {e: [] for e in CV_EPOCHS}
-            for seed in range(args.seeds):
-                train_fixed(
-                    train, vocab, replace(s, seed=seed), max(CV_EPOCHS), partial(keep_snapshot, snaps)
-                )
-            folds[clip] = {e: fold_scores(decode_members(snaps[e], s, vocab, val), val) for e in CV_EPOCHS}
+            folds[clip] = fold_by_epoch(train, val, vocab, s, args.seeds, CV_EPOCHS)
             log.info(
                 "%s fold %s: %s", pool, clip, {e: round(r["val_fact_f1"], 3) for e, r in folds[clip].items()}
             )

@@ -33,9 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from drivecap.assets import drivecap_home, sha256_file
 from drivecap.config import load_config
-from drivecap.encoders.paths import encoder_onnx_path
 from drivecap.training.caption_metrics import PRF, caption_fact_scores
 from drivecap.training.data import Split, load_split
 
@@ -78,14 +76,12 @@ def main() -> int:
         p.error(f"--weights must be whole numbers >= 1, got {args.weights}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from drivecap.training.crossval import decode_members, fold_scores, keep_snapshot
-    from drivecap.training.features import features_dir
+    from drivecap.training.features import configured_features
     from drivecap.training.pipeline import CV_EPOCHS, caption_vocab, train_ranges, training_clips
     from drivecap.training.train import TrainSettings, train_fixed
 
     cfg = load_config(None, args.set)
-    home = drivecap_home(cfg.paths.home)
-    sha = sha256_file(encoder_onnx_path(cfg))
-    folder = features_dir(home, sha, cfg.encoder.input_height, cfg.encoder.input_width)
+    home, folder = configured_features(cfg)
     data = load_split(home, folder, training_clips(), 2, 3, train_ranges(), stride=args.stride)
     data = data.select([not x.augmented for x in data.samples])
     vocab = caption_vocab()

@@ -25,8 +25,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict, replace
-from functools import partial
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +80,10 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
 
-    from drivecap.training.crossval import decode_members, fold_scores, keep_snapshot
+    from drivecap.training.crossval import decode_members, fold_scores, snapshots
     from drivecap.training.features import features_dir
     from drivecap.training.pipeline import CV_EPOCHS, caption_vocab, train_ranges, training_clips
-    from drivecap.training.train import TrainSettings, train_fixed
+    from drivecap.training.train import TrainSettings
 
     torch.set_num_threads(args.threads)
     cfg = load_config(None, args.set)
@@ -125,11 +124,7 @@ def main() -> int:
             train = data.select([x.clip != clip for x in data.samples])
             test = data.select([x.clip == clip for x in data.samples])
             rows = hand_rows(test, hand)
-            snaps: dict[int, list[dict[str, np.ndarray]]] = {e: [] for e in CV_EPOCHS}
-            for seed in range(args.seeds):
-                train_fixed(
-                    train, vocab, replace(s, seed=seed), max(CV_EPOCHS), partial(keep_snapshot, snaps)
-                )
+            snaps = snapshots(train, vocab, s, args.seeds, CV_EPOCHS)
             folds[clip] = {}
             for e in CV_EPOCHS:
                 preds = decode_members(snaps[e], s, vocab, test)

@@ -77,6 +77,26 @@ def keep_snapshot(snaps: dict[int, list[dict[str, FloatArray]]], epoch: int, mod
         snaps[epoch + 1].append(model.export())
 
 
+def snapshots(
+    train: Split, vocab: Vocab, s: TrainSettings, seeds: int, epochs: Sequence[int]
+) -> dict[int, list[dict[str, FloatArray]]]:
+    """The exported decoders of ``seeds`` runs (seeds 0..n-1) on ``train``, after each epoch count of
+    ``epochs``, all on one cosine schedule of ``s.max_epochs``."""
+    snaps: dict[int, list[dict[str, FloatArray]]] = {e: [] for e in epochs}
+    for seed in range(seeds):
+        train_fixed(train, vocab, replace(s, seed=seed), max(epochs), partial(keep_snapshot, snaps))
+    return snaps
+
+
+def fold_by_epoch(
+    train: Split, val: Split, vocab: Vocab, s: TrainSettings, seeds: int, epochs: Sequence[int]
+) -> dict[int, dict[str, float]]:
+    """One fold: decoders trained on ``train`` (``seeds`` members averaged) scored on ``val`` after each epoch
+    count, decoded as the runtime decodes (mirror view)."""
+    snaps = snapshots(train, vocab, s, seeds, epochs)
+    return {e: fold_scores(decode_members(snaps[e], s, vocab, val), val) for e in epochs}
+
+
 def best_epoch_summary(
     folds: dict[str, dict[int, dict[str, float]]], epochs: Sequence[int], not_dashcam: str = "street"
 ) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +25,25 @@ from drivecap.assets import CLIPS, AssetStore
 from drivecap.encoders.base import Encoder
 from drivecap.errors import AssetError
 
+if TYPE_CHECKING:
+    from drivecap.config import Config
+
 log = logging.getLogger(__name__)
 
 
 def features_dir(home: Path, encoder_sha256: str, height: int, width: int) -> Path:
     """One folder per encoder file and input size (maps of another size must never be mixed in)."""
     return home / "features" / f"{encoder_sha256[:12]}-{height}x{width}"
+
+
+def configured_features(cfg: Config) -> tuple[Path, Path]:
+    """($DRIVECAP_HOME, the feature cache folder of the configured encoder ONNX and input size)."""
+    from drivecap.assets import drivecap_home, sha256_file
+    from drivecap.encoders.paths import encoder_onnx_path
+
+    home = drivecap_home(cfg.paths.home)
+    sha = sha256_file(encoder_onnx_path(cfg))
+    return home, features_dir(home, sha, cfg.encoder.input_height, cfg.encoder.input_width)
 
 
 @dataclass
