@@ -252,6 +252,9 @@ def main() -> int:
     p.add_argument(
         "--base-pool", default="avg", help="pooling of the conv5 cells beside the head's (POOL_MODES)"
     )
+    p.add_argument(
+        "--no-base", action="store_true", help="the head's cells alone, without the conv5 cells beside them"
+    )
     p.add_argument("--rows", type=int, default=2)
     p.add_argument("--cols", type=int, default=3)
     p.add_argument("--seeds", type=int, default=1, help="decoders per fold (seeds 0..n-1, averaged)")
@@ -288,7 +291,7 @@ def main() -> int:
         "input": [cfg.encoder.input_height, cfg.encoder.input_width],
         "settings": asdict(s),
         "road_head": args.road,
-        "base_pool": args.base_pool,
+        "base_pool": None if args.no_base else args.base_pool,
         "stride": args.stride,
         "seeds": args.seeds,
         "head_epochs": args.head_epochs,
@@ -314,7 +317,8 @@ def main() -> int:
                 head = train_head(x[keep], targets[keep], int(head_kind), 0, args.head_epochs, args.threads)
                 prob = head_maps(head, x)
                 head_f1[clip] = map_f1(prob[~keep], targets[~keep])
-                cells = np.concatenate([base, pooled(prob, args.rows, args.cols, "avgmax")], axis=2)
+                mine = pooled(prob, args.rows, args.cols, "avgmax")
+                cells = mine if args.no_base else np.concatenate([base, mine], axis=2)
             if args.road:
                 rhead = train_road_head(x[keep], roads[keep], 0, args.head_epochs, args.threads)
                 rp = road_probs(rhead, x)
