@@ -353,3 +353,17 @@ def test_copy_paste_cache_is_keyed_by_the_labels(tmp_path: Path) -> None:
     (b / "labels" / "challenge02.jsonl").write_text((a / "labels" / "challenge02.jsonl").read_text())
     (b / "labels" / "street.jsonl").write_text("{}\n")
     assert labels_tag(a, ["challenge02"]) == labels_tag(b, ["challenge02"])
+
+
+def test_fold_scores_say_the_object_and_ahead_keys_apart_from_the_road() -> None:
+    from drivecap.training.crossval import fold_scores
+
+    refs = ["car on the left , road curves left", "person close ahead"]
+    samples = [Sample("c", i, False, r, {}, "train") for i, r in enumerate(refs)]
+    split = Split(samples, np.zeros((2, 6, 4), np.float32))
+    v = fold_scores(["car on the left", "person ahead"], split)
+    # Object keys: vehicle:left and person:ahead found, person:ahead:close missed -> 2 * 2 / (4 + 0 + 1).
+    assert v["val_object_f1"] == pytest.approx(0.8)
+    assert v["val_ahead_f1"] == pytest.approx(2 / 3)  # person:ahead found, person:ahead:close missed
+    assert v["val_road_f1"] == 0.0 and v["val_road_support"] == 1.0
+    assert v["val_fact_f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 2))  # the road key counts here
