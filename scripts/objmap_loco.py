@@ -85,11 +85,13 @@ def box_targets(rec: dict[str, Any], h: int, w: int, cover: float = 0.2) -> npt.
 
 def load_maps(
     home: Path, folder: Path, clips: list[str], ranges: dict[str, tuple[int, int | None]], stride: int
-) -> tuple[list[Sample], npt.NDArray[np.float16], npt.NDArray[np.float32]]:
-    """Training-part label records (frame and mirror, not augmented) with their conv5 maps and box targets."""
+) -> tuple[list[Sample], npt.NDArray[np.float16], npt.NDArray[np.float32], list[tuple[float, float, float]]]:
+    """Training-part label records (frame and mirror, not augmented) with their conv5 maps, box targets and
+    picture columns (frame width, x0, x1; mirrored for mirror views)."""
     samples: list[Sample] = []
     maps: list[npt.NDArray[np.float16]] = []
     targets: list[npt.NDArray[np.float32]] = []
+    columns: list[tuple[float, float, float]] = []
     for clip in clips:
         feats = load_clip_features(folder, clip)
         if feats is None:
@@ -112,7 +114,10 @@ def load_maps(
             )
             maps.append((feats.fmap_mirror if m else feats.fmap)[i])
             targets.append(box_targets(rec, h, w))
-    return samples, np.stack(maps), np.stack(targets)
+            width = float(rec["size"][0])
+            x0, x1 = (float(v) for v in rec["picture_x"])
+            columns.append((width, width - x1, width - x0) if m else (width, x0, x1))
+    return samples, np.stack(maps), np.stack(targets), columns
 
 
 def _fit(head: Any, loss_fn: Any, x: np.ndarray, y: np.ndarray, seed: int, epochs: int, decay: float) -> Any:
@@ -222,6 +227,47 @@ def pooled(maps: npt.NDArray[np.float32], rows: int, cols: int, mode: str) -> np
     return _cells(maps.astype(np.float16), rows, cols, mode)
 
 
+def zone_masks(
+    samples: list[Sample], recs_px: list[tuple[float, float, float]], h: int, w: int
+) -> np.ndarray:
+    """(N, 3, h, w) masks of the positions whose centre is ahead / left / right of the ego lane, by the clip's
+    lane geometry (the teacher's), from a little above the horizon end of the lane to the bonnet; x through the picture
+    columns (``recs_px``: frame width, picture x0, x1 of each view, already mirrored for mirror views)."""
+    from drivecap.training.geometry import CLIP_GEOMETRY, LaneGeometry
+
+    out = np.zeros((len(samples), 3, h, w), np.float32)
+    ys = (np.arange(h) + 0.5) / h
+    xs = (np.arange(w) + 0.5) / w
+    for n, (x, (width, x0, x1)) in enumerate(zip(samples, recs_px, strict=True)):
+        g = CLIP_GEOMETRY.get(x.clip, LaneGeometry())
+        for i, y in enumerate(ys):
+            # Rows that overlap the road from a little above the lane's horizon end down to the bonnet; the
+            # place is read at the row's centre held inside that span.
+            if (i + 1) / h < g.top_y - 0.1 or i / h > g.bonnet_y:
+                continue
+            yy = min(max(y, g.top_y), g.bonnet_y)
+            for j, fx in enumerate(xs):
+                px = (fx * width - x0) / (x1 - x0)
+                if 0.0 <= px <= 1.0:
+                    # A mirror view's place is the mirrored place of the mirrored point (lanes need not be
+                    # centred: the same zones as the frame's, flipped).
+                    place = g.place_of(1.0 - px, yy) if x.mirrored else g.place_of(px, yy)
+                    if x.mirrored:
+                        place = {"left": "right", "right": "left"}.get(place, place)
+                    out[n, ("ahead", "left", "right").index(place), i, j] = 1.0
+    return out
+
+
+def zone_features(prob: np.ndarray, zones: np.ndarray) -> np.ndarray:
+    """(N, 3 zones x channels x (max, mean)) of the head's maps inside each zone."""
+    feats = []
+    for z in range(zones.shape[1]):
+        m = zones[:, z : z + 1]  # (N, 1, h, w)
+        cnt = np.maximum(m.sum(axis=(2, 3)), 1.0)
+        feats += [(prob * m).max(axis=(2, 3)), (prob * m).sum(axis=(2, 3)) / cnt]
+    return np.concatenate(feats, axis=1).astype(np.float32)
+
+
 def map_f1(p: npt.NDArray[np.float32], y: npt.NDArray[np.float32]) -> dict[str, float]:
     """Per-channel F1 of the head's maps at 0.5 against the box targets (a check that the head learnt)."""
     out = {}
@@ -255,6 +301,11 @@ def main() -> int:
     p.add_argument(
         "--no-base", action="store_true", help="the head's cells alone, without the conv5 cells beside them"
     )
+    p.add_argument(
+        "--zones",
+        action="store_true",
+        help="also the head's maps pooled over the ego lane's ahead / left / right zones, joined to every cell",
+    )
     p.add_argument("--rows", type=int, default=2)
     p.add_argument("--cols", type=int, default=3)
     p.add_argument("--seeds", type=int, default=1, help="decoders per fold (seeds 0..n-1, averaged)")
@@ -277,7 +328,8 @@ def main() -> int:
     clips = training_clips()
     vocab = caption_vocab()
     t0 = time.perf_counter()
-    samples, maps16, targets = load_maps(home, folder, clips, train_ranges(), args.stride)
+    samples, maps16, targets, columns = load_maps(home, folder, clips, train_ranges(), args.stride)
+    zones = zone_masks(samples, columns, *maps16.shape[2:]) if args.zones else None
     log.info("%d views, maps %s, loaded in %.0f s", len(samples), maps16.shape, time.perf_counter() - t0)
     base = pooled(maps16.astype(np.float32), args.rows, args.cols, args.base_pool)
     s = TrainSettings(
@@ -291,6 +343,7 @@ def main() -> int:
         "input": [cfg.encoder.input_height, cfg.encoder.input_width],
         "settings": asdict(s),
         "road_head": args.road,
+        "zones": args.zones,
         "base_pool": None if args.no_base else args.base_pool,
         "stride": args.stride,
         "seeds": args.seeds,
@@ -319,6 +372,9 @@ def main() -> int:
                 head_f1[clip] = map_f1(prob[~keep], targets[~keep])
                 mine = pooled(prob, args.rows, args.cols, "avgmax")
                 cells = mine if args.no_base else np.concatenate([base, mine], axis=2)
+                if zones is not None:
+                    zf = zone_features(prob, zones)
+                    cells = np.concatenate([cells, np.repeat(zf[:, None, :], cells.shape[1], axis=1)], axis=2)
             if args.road:
                 rhead = train_road_head(x[keep], roads[keep], 0, args.head_epochs, args.threads)
                 rp = road_probs(rhead, x)

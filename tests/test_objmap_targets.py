@@ -49,3 +49,21 @@ def test_a_far_box_smaller_than_a_position_still_marks_its_centre() -> None:
     assert t[person].sum() == 1 and t[close].sum() == 0
     y, x = np.argwhere(t[person])[0]
     assert (y, x) == (2, 3)  # centre y 0.415 -> row 2 of 7; x (160 + 0.51 * 960) / 1280 = 0.5075 -> column 3
+
+
+def test_the_ego_lane_zones_follow_the_lane_geometry_and_the_mirror() -> None:
+    from drivecap.training.data import Sample
+
+    m = _script()
+    views = [Sample("challenge02", 0, False, "", {}, "train"), Sample("street", 0, False, "", {}, "train")]
+    street_m = Sample("street", 0, True, "", {}, "train")
+    # The street film's picture is columns 52..588 of 640; its mirror view's columns are mirrored in the frame.
+    z = m.zone_masks(
+        [*views, street_m], [(1280.0, 0.0, 1280.0), (640.0, 52.0, 588.0), (640.0, 52.0, 588.0)], 7, 7
+    )
+    ahead, left, right = 0, 1, 2
+    assert not z[0, :, :3].any() and not z[0, :, 6].any()  # sky and bonnet rows belong to no zone
+    assert z[0, ahead, 4, 3] and z[0, left, 4, 0] and z[0, right, 4, 6]
+    assert (z[0].sum(axis=0) <= 1).all()  # a position is in one zone at most
+    assert not z[1, :, :, 0].any() and not z[1, :, :, 6].any()  # the side bars are in none
+    assert (z[2][[ahead, right, left]] == z[1][:, :, ::-1]).all()  # mirror view: left and right swap
