@@ -221,40 +221,50 @@ def head_maps(head: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         )
 
 
-def pooled(maps: npt.NDArray[np.float32], rows: int, cols: int, mode: str) -> npt.NDArray[np.float32]:
+def pooled(maps: np.ndarray, rows: int, cols: int, mode: str) -> npt.NDArray[np.float32]:
+    """Cells of (N, C, h, w) maps as the cache's maps are pooled (float16 maps, as cached)."""
     from drivecap.training.data import _cells
 
-    return _cells(maps.astype(np.float16), rows, cols, mode)
+    return _cells(maps if maps.dtype == np.float16 else maps.astype(np.float16), rows, cols, mode)
 
 
 def zone_masks(
     samples: list[Sample], recs_px: list[tuple[float, float, float]], h: int, w: int
 ) -> np.ndarray:
     """(N, 3, h, w) masks of the positions whose centre is ahead / left / right of the ego lane, by the clip's
-    lane geometry (the teacher's), from a little above the horizon end of the lane to the bonnet; x through the picture
-    columns (``recs_px``: frame width, picture x0, x1 of each view, already mirrored for mirror views)."""
+    lane geometry (the teacher's), from a little above the horizon end of the lane to the bonnet; x through the
+    picture columns (``recs_px``: frame width, picture x0, x1 of each view, already mirrored for mirror views).
+    A mirror view's zones are its frame's, flipped, with left and right swapped (lanes need not be centred)."""
     from drivecap.training.geometry import CLIP_GEOMETRY, LaneGeometry
 
-    out = np.zeros((len(samples), 3, h, w), np.float32)
     ys = (np.arange(h) + 0.5) / h
     xs = (np.arange(w) + 0.5) / w
+    done: dict[tuple[str, float, float, float], np.ndarray] = {}
+
+    def frame_zones(clip: str, width: float, x0: float, x1: float) -> np.ndarray:
+        key = (clip, width, x0, x1)
+        if key not in done:
+            g = CLIP_GEOMETRY.get(clip, LaneGeometry())
+            z = np.zeros((3, h, w), np.float32)
+            for i, y in enumerate(ys):
+                # Rows that overlap the road from a little above the lane's horizon end down to the bonnet;
+                # the place is read at the row's centre held inside that span.
+                if (i + 1) / h < g.top_y - 0.1 or i / h > g.bonnet_y:
+                    continue
+                yy = min(max(y, g.top_y), g.bonnet_y)
+                for j, fx in enumerate(xs):
+                    px = (fx * width - x0) / (x1 - x0)
+                    if 0.0 <= px <= 1.0:
+                        z[("ahead", "left", "right").index(g.place_of(px, yy)), i, j] = 1.0
+            done[key] = z
+        return done[key]
+
+    out = np.empty((len(samples), 3, h, w), np.float32)
     for n, (x, (width, x0, x1)) in enumerate(zip(samples, recs_px, strict=True)):
-        g = CLIP_GEOMETRY.get(x.clip, LaneGeometry())
-        for i, y in enumerate(ys):
-            # Rows that overlap the road from a little above the lane's horizon end down to the bonnet; the
-            # place is read at the row's centre held inside that span.
-            if (i + 1) / h < g.top_y - 0.1 or i / h > g.bonnet_y:
-                continue
-            yy = min(max(y, g.top_y), g.bonnet_y)
-            for j, fx in enumerate(xs):
-                px = (fx * width - x0) / (x1 - x0)
-                if 0.0 <= px <= 1.0:
-                    # A mirror view's place is the mirrored place of the mirrored point (lanes need not be
-                    # centred: the same zones as the frame's, flipped).
-                    place = g.place_of(1.0 - px, yy) if x.mirrored else g.place_of(px, yy)
-                    if x.mirrored:
-                        place = {"left": "right", "right": "left"}.get(place, place)
-                    out[n, ("ahead", "left", "right").index(place), i, j] = 1.0
+        if x.mirrored:  # the frame's own columns, then its zones mirrored
+            out[n] = frame_zones(x.clip, width, width - x1, width - x0)[[0, 2, 1], :, ::-1]
+        else:
+            out[n] = frame_zones(x.clip, width, x0, x1)
     return out
 
 
@@ -331,7 +341,7 @@ def main() -> int:
     samples, maps16, targets, columns = load_maps(home, folder, clips, train_ranges(), args.stride)
     zones = zone_masks(samples, columns, *maps16.shape[2:]) if args.zones else None
     log.info("%d views, maps %s, loaded in %.0f s", len(samples), maps16.shape, time.perf_counter() - t0)
-    base = pooled(maps16.astype(np.float32), args.rows, args.cols, args.base_pool)
+    base = pooled(maps16, args.rows, args.cols, args.base_pool)
     s = TrainSettings(
         kind="merge", rows=args.rows, cols=args.cols, max_epochs=max(CV_EPOCHS), threads=args.threads
     )

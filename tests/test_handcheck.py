@@ -115,6 +115,11 @@ def test_a_cards_teacher_section_is_written_from_the_labels_it_was_trained_on(
     assert "\n\n## Training and model choice\n" in once  # a blank line before the next section
     update_teacher_section(card, labels)
     assert card.read_text() == once  # replaced, not added again
+    last = f"# card\n\n{listed}\n## Teacher\n\nold words\n"  # a Teacher section that ends the card
+    card.write_text(last)
+    update_teacher_section(card, labels)
+    assert card.read_text().count("## Teacher") == 1 and "old words" not in card.read_text()
+    card.write_text(once)
     # Labels other than the ones the card lists: refused, the card unchanged.
     _write_jsonl(labels / "a.jsonl", [{"clip": "a", "frame": 3, "mirrored": False, "facts": _facts()}])
     with pytest.raises(DrivecapError, match=r"a\.jsonl: sha256 .* was trained on"):

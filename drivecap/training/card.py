@@ -308,7 +308,7 @@ def update_teacher_section(card_path: Path, labels: Path) -> None:
                 "made the bundle's labels (`drivecap label --teacher NAME`) first"
             )
     block = "\n".join(_teacher_section({"teacher": teacher_report(labels)})) + "\n"
-    old = re.compile(r"^## Teacher\n.*?(?=^## )", re.S | re.M)
+    old = re.compile(r"^## Teacher\n.*?(?=^## |\Z)", re.S | re.M)
     if old.search(text):
         text = old.sub(lambda _: block, text)
     elif "\n## Training and model choice\n" in text:

@@ -63,21 +63,17 @@ def decode_members(
 
 
 def fold_scores(preds: list[str], split: Split) -> dict[str, float]:
-    v = val_scorer(preds, split)
     scores = caption_fact_scores(preds, [x.caption for x in split.samples])
+    v = val_scorer(preds, split, scores)
     fam = scores["per_family"]
     road = fam.get("road")
     v["val_road_f1"] = (road.f1 if road is not None else None) or 0.0
     v["val_road_support"] = float(road.tp + road.fn if road is not None else 0)
     # Diagnostics, not the choice rule: the object keys alone (all but the road's shape) and the "ahead" keys.
-    v["val_object_f1"] = _micro_f1([p for f, p in fam.items() if f != "road"])
-    v["val_ahead_f1"] = _micro_f1([p for k, p in scores["per_fact"].items() if ":ahead" in k])
+    none = PRF(0, 0, 0)
+    v["val_object_f1"] = sum((p for f, p in fam.items() if f != "road"), none).f1 or 0.0
+    v["val_ahead_f1"] = sum((p for k, p in scores["per_fact"].items() if ":ahead" in k), none).f1 or 0.0
     return v
-
-
-def _micro_f1(prfs: Sequence[PRF]) -> float:
-    tp, fp, fn = sum(p.tp for p in prfs), sum(p.fp for p in prfs), sum(p.fn for p in prfs)
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
 
 
 def keep_snapshot(snaps: dict[int, list[dict[str, FloatArray]]], epoch: int, model: Any) -> None:

@@ -26,11 +26,13 @@ def _pairs(preds: list[str], split: Split) -> list[tuple[str, str]]:
     return [(plain[k], mirror[k]) for k in plain if k in mirror]
 
 
-def val_scorer(preds: list[str], split: Split) -> dict[str, Any]:
+def val_scorer(preds: list[str], split: Split, facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Micro fact F1 against the teacher and flip consistency on the validation clip; ``score`` is their mean.
+    ``facts``: the ``caption_fact_scores`` of ``preds`` when the caller has them already.
 
     Both matter for the product (the issue's targets are on both), so neither alone picks the epoch."""
-    facts = caption_fact_scores(preds, [s.caption for s in split.samples])
+    if facts is None:
+        facts = caption_fact_scores(preds, [s.caption for s in split.samples])
     pairs = _pairs(preds, split)
     flip, _ = flip_consistency([a for a, _ in pairs], [b for _, b in pairs])
     f1 = facts["micro"].f1 or 0.0
